@@ -1,0 +1,10 @@
+#include "suites.h"
+
+void vck_bench_register_all(void)
+{
+    vck_bench_register_rcu();
+    vck_bench_register_rcu_flavor_memb();
+    vck_bench_register_rcu_flavor_qsbr();
+    vck_bench_register_rcu_flavor_mb();
+    vck_bench_register_rcu_flavor_bp();
+}

@@ -1,0 +1,43 @@
+/*
+ * Helpers shared by the stress tests: command line, seeded random numbers, clocks.
+ *
+ * Every stress test accepts the same options, so CI and a long soak differ only in arguments:
+ *   --duration SECONDS  how long to run (each test has a short default for CI)
+ *   --seed N            replay a run's random choices (thread timing is never replayable)
+ *   --threads N         worker threads, where the test has a notion of workers
+ * Unknown options and malformed numbers exit with status 2 and a one-line message.
+ */
+#ifndef VCK_TEST_STRESS_H
+#define VCK_TEST_STRESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct vck_stress_args {
+    double duration;
+    uint64_t seed;
+    int threads;
+};
+
+/* Fills @args (defaults already set by the caller, seed 0 meaning "pick one") from argv. */
+void vck_stress_parse(int argc, char **argv, struct vck_stress_args *args, const char *name);
+
+/* Monotonic seconds. */
+double vck_now(void);
+
+/* splitmix64: small, fast, good enough to drive test choices; state must be seeded. */
+static inline uint64_t vck_rand(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, bound). */
+static inline uint64_t vck_rand_below(uint64_t *state, uint64_t bound)
+{
+    return (uint64_t)(((unsigned __int128)vck_rand(state) * bound) >> 64);
+}
+
+#endif
