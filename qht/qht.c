@@ -231,7 +231,7 @@ static struct vck_qht_map *map_new(struct vck_qht *ht, size_t n_buckets)
     atomic_init(&map->next, NULL);
     /* Large maps are dominated by TLB misses: back them with transparent huge pages. */
     const size_t huge = 2u << 20;
-    if (map->alloc_size >= huge) {
+    if (map->alloc_size >= huge && !(ht->flags & VCK_QHT_NO_HUGE_PAGES)) {
         size_t size = (map->alloc_size + huge - 1) & ~(huge - 1);
         map->buckets = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (map->buckets == MAP_FAILED) {

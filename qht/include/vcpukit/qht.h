@@ -46,6 +46,8 @@ typedef bool vck_qht_iter_remove_fn(void *obj, uint32_t hash, void *userp);
 
 /* Grow automatically when chains get long (never shrinks by itself). */
 #define VCK_QHT_AUTO_RESIZE (1u << 0)
+/* Don't ask for transparent huge pages for bucket arrays of 2 MiB and more (see README). */
+#define VCK_QHT_NO_HUGE_PAGES (1u << 1)
 
 struct vck_qht_map; /* private */
 
@@ -62,8 +64,8 @@ struct vck_qht {
 /**
  * vck_qht_init - set up an empty table sized for about @n_elems entries.
  * @cmp decides duplicates for vck_qht_insert() and is the compare of vck_qht_lookup().
- * @flags: 0 or VCK_QHT_AUTO_RESIZE. Any thread; the table is not shared yet. Allocates
- * max(1, next_pow2(n_elems / 4)) buckets of 64 bytes. Aborts if memory runs out.
+ * @flags: VCK_QHT_AUTO_RESIZE, VCK_QHT_NO_HUGE_PAGES or 0. Any thread; the table is not shared yet.
+ * Allocates max(1, next_pow2(n_elems / 4)) buckets of 64 bytes. Aborts if memory runs out.
  */
 void vck_qht_init(struct vck_qht *ht, vck_qht_cmp_fn *cmp, size_t n_elems, unsigned flags);
 
