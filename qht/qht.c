@@ -490,8 +490,14 @@ bool vck_qht_remove(struct vck_qht *ht, const void *p, uint32_t hash)
 
 /* ---- resize ------------------------------------------------------------------------------ */
 
-/* Moves every entry of @old_head (locked) into @new_map, then retires @old_head for good. */
-static void bucket_migrate__locked(struct vck_qht_map *new_map, struct bucket *old_head, bool copy)
+/*
+ * Moves every entry of @old_head (locked) into @new_map, then retires @old_head for good.
+ * @exclusive: the new map is at least as large as the old one, so each new bucket receives
+ * entries from this old bucket only. No other thread can reach those new buckets before this one
+ * is marked (lookups and writers get there only through a migrated bucket), so they need no lock.
+ */
+static void bucket_migrate__locked(struct vck_qht_map *new_map, struct bucket *old_head, bool copy,
+                                   bool exclusive)
 {
     if (copy) {
         for (struct bucket *b = old_head; b;
@@ -502,9 +508,11 @@ static void bucket_migrate__locked(struct vck_qht_map *new_map, struct bucket *o
                     goto copied;
                 uint32_t hash = atomic_load_explicit(&b->hashes[i], memory_order_relaxed);
                 struct bucket *dst = &new_map->buckets[hash & new_map->mask];
-                bucket_lock(dst);
+                if (!exclusive)
+                    bucket_lock(dst);
                 chain_append__locked(new_map, dst, p, hash);
-                bucket_unlock(dst);
+                if (!exclusive)
+                    bucket_unlock(dst);
             }
         }
     }
@@ -523,10 +531,11 @@ static struct vck_qht_map *map_replace__table_locked(struct vck_qht *ht, size_t 
     struct vck_qht_map *old = __atomic_load_n(&ht->map, __ATOMIC_RELAXED);
     struct vck_qht_map *new_map = map_new(ht, n_buckets);
     atomic_store_explicit(&old->next, new_map, memory_order_release);
+    bool exclusive = new_map->n_buckets >= old->n_buckets;
     for (size_t i = 0; i < old->n_buckets; i++) {
         struct bucket *head = &old->buckets[i];
         bucket_lock(head);
-        bucket_migrate__locked(new_map, head, copy);
+        bucket_migrate__locked(new_map, head, copy, exclusive);
         bucket_unlock(head);
     }
     vck_rcu_assign_pointer(ht->map, new_map);
