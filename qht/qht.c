@@ -44,7 +44,8 @@
  * Memory. An explicit resize waits for a grace period and frees the old map before returning,
  * so a table has at most two maps however often it is resized. An automatic resize runs inside
  * an insert, possibly inside the caller's read-side section, so it cannot wait: it frees the old
- * map with vck_rcu_call() and is skipped while a previously retired map is still pending.
+ * map with vck_rcu_call(). It only ever doubles, so the maps awaiting reclamation halve going
+ * back and together stay below the size of the current map.
  */
 #include <assert.h>
 #include <sched.h>
@@ -271,7 +272,7 @@ static void map_free_callback(struct vck_rcu_head *head)
     struct vck_qht_map *map = caa_container_of(head, struct vck_qht_map, rcu);
     struct vck_qht *ht = map->owner;
     map_free(map);
-    /* Release: a later auto-resize that sees the count drop also sees the memory gone. */
+    /* Release: pairs with vck_qht_destroy(), which must not free @ht before this runs. */
     __atomic_fetch_sub(&ht->pending_maps, 1, __ATOMIC_RELEASE);
 }
 
@@ -576,10 +577,11 @@ bool vck_qht_reset_size(struct vck_qht *ht, size_t n_elems)
 
 static void grow_if_still_needed(struct vck_qht *ht, struct vck_qht_map *map)
 {
-    /* Growth is an optimisation: never wait for it, and never let old maps pile up. */
-    /* Acquire pairs with map_free_callback(). */
-    if (__atomic_load_n(&ht->pending_maps, __ATOMIC_ACQUIRE) != 0)
-        return;
+    /*
+     * Growth is an optimisation: never wait for the mutex. Nor for the reclamation of maps
+     * retired by earlier growth: they halve at each step back, so together they never exceed
+     * the current map, and waiting for them let a burst of inserts outrun growth.
+     */
     if (pthread_mutex_trylock(&ht->lock) != 0)
         return;
     if (current_map(ht) == map && map_wants_growth(map)) {
