@@ -21,8 +21,8 @@
  * Resizing is where this differs from QEMU's qht, which takes every bucket lock of the table at
  * once and copies everything while all writers spin (measured there: a 4M-entry table stalls
  * writers for 0.3-0.7 s per resize, and old maps pile up awaiting grace periods). Here a resize
- * builds the new map, links it from the old one (old->next, release), and then migrates one old
- * head bucket at a time:
+ * builds the new map, links it from the old one (old->next, release), and then old head buckets
+ * are migrated one at a time, by whichever threads help (see "Migration is cooperative"):
  *
  *     lock old bucket; copy its entries into the new map, each under the destination bucket's
  *     lock and sequence; set MIGRATED in the old lock word; make the old sequence odd for good
@@ -80,8 +80,13 @@ struct vck_qht_map {
     size_t mask;
     size_t alloc_size;
     bool mmapped;
-    _Atomic size_t n_overflow;          /* overflow buckets allocated in this map */
-    _Atomic(struct vck_qht_map *) next; /* the map a resize is migrating into */
+    _Atomic size_t n_overflow; /* overflow buckets allocated in this map */
+    /* Migration out of this map: next is published (release) once the rest is set up. */
+    _Atomic(struct vck_qht_map *) next; /* the map being filled, or NULL */
+    bool migrate_copy;                  /* false: a reset_size, entries are dropped */
+    _Atomic size_t migrate_cursor;      /* next old head bucket to claim */
+    _Atomic size_t migrate_done;        /* old head buckets migrated */
+    _Atomic bool migrate_driven;        /* a thread is finishing it: writers need not help */
     struct vck_qht *owner;
     struct vck_rcu_head rcu;
 };
@@ -244,6 +249,10 @@ static struct vck_qht_map *map_new(struct vck_qht *ht, size_t n_buckets)
     map->owner = ht;
     atomic_init(&map->n_overflow, 0);
     atomic_init(&map->next, NULL);
+    map->migrate_copy = true;
+    atomic_init(&map->migrate_cursor, 0);
+    atomic_init(&map->migrate_done, 0);
+    atomic_init(&map->migrate_driven, false);
     /* Large maps are dominated by TLB misses: back them with transparent huge pages. */
     const size_t huge = 2u << 20;
     if (map->alloc_size >= huge && !(ht->flags & VCK_QHT_NO_HUGE_PAGES)) {
@@ -430,6 +439,7 @@ static bool map_wants_growth(const struct vck_qht_map *map)
 }
 
 static void grow_if_still_needed(struct vck_qht *ht, struct vck_qht_map *map);
+static inline void migration_writer_help(struct vck_qht *ht);
 
 bool vck_qht_insert(struct vck_qht *ht, void *p, uint32_t hash, void **existing)
 {
@@ -444,6 +454,7 @@ bool vck_qht_insert(struct vck_qht *ht, void *p, uint32_t hash, void **existing)
     bucket_unlock(head);
     if (chained && (ht->flags & VCK_QHT_AUTO_RESIZE) && map_wants_growth(map))
         grow_if_still_needed(ht, map);
+    migration_writer_help(ht);
     vck_rcu_read_unlock();
     if (prev && existing)
         *existing = prev;
@@ -499,6 +510,7 @@ bool vck_qht_remove(struct vck_qht *ht, const void *p, uint32_t hash)
         }
     }
     bucket_unlock(head);
+    migration_writer_help(ht);
     vck_rcu_read_unlock();
     return found;
 }
@@ -538,36 +550,129 @@ copied:
     atomic_store_explicit(&old_head->seq, s | 1, memory_order_release);
 }
 
-/* Replaces the current map by a new one of @n_buckets; returns the old map, now unpublished. */
-static struct vck_qht_map *map_replace__table_locked(struct vck_qht *ht, size_t n_buckets,
-                                                     bool copy)
+/*
+ * Migration is cooperative. Whoever starts one (an explicit resize, or an insert that found the
+ * table too full) links the new map. A thread that needs it finished (a resize, a reset, an
+ * iteration) claims big chunks of old buckets until none are left, and marks the migration
+ * driven; until then, every writer that meets the migration moves a small chunk after its own
+ * operation. Chunks are claimed with a cursor; the thread whose chunk brings the done-count to
+ * the number of buckets publishes the new map and retires the old one. So no insert ever stalls
+ * for a whole table's migration, and with a resizer thread the work lands on that thread.
+ */
+enum {
+    WRITER_CHUNK = 16,   /* buckets a writer migrates per insert or remove */
+    RESIZER_CHUNK = 1024 /* buckets a resizing thread claims at a time */
+};
+
+/* Starts moving the current map into a new one of @n_buckets. Table mutex held, no migration
+ * in progress (so the current map cannot change under us). */
+static void migration_start__table_locked(struct vck_qht *ht, size_t n_buckets, bool copy)
 {
-    /* The table mutex orders map replacements: a relaxed load sees the latest. */
     struct vck_qht_map *old = __atomic_load_n(&ht->map, __ATOMIC_RELAXED);
     struct vck_qht_map *new_map = map_new(ht, n_buckets);
+    old->migrate_copy = copy;
+    /* Release: the new map and migrate_copy before any helper or lookup follows the link. */
     atomic_store_explicit(&old->next, new_map, memory_order_release);
-    bool exclusive = new_map->n_buckets >= old->n_buckets;
-    for (size_t i = 0; i < old->n_buckets; i++) {
-        struct bucket *head = &old->buckets[i];
-        bucket_lock(head);
-        bucket_migrate__locked(new_map, head, copy, exclusive);
-        bucket_unlock(head);
-    }
-    vck_rcu_assign_pointer(ht->map, new_map);
-    ht->resizes++;
-    return old;
 }
 
+/*
+ * Migrates one claimed chunk of @old. Caller inside a read-side section (or otherwise keeping
+ * @old alive). Returns true if this call finished the whole migration: it has published the new
+ * map, and the caller must retire @old.
+ */
+static bool migration_help(struct vck_qht *ht, struct vck_qht_map *old, size_t chunk)
+{
+    struct vck_qht_map *new_map = atomic_load_explicit(&old->next, memory_order_acquire);
+    size_t n = old->n_buckets;
+    size_t first = atomic_fetch_add_explicit(&old->migrate_cursor, chunk, memory_order_relaxed);
+    if (first >= n)
+        return false;
+    size_t last = first + chunk < n ? first + chunk : n;
+    bool exclusive = new_map->n_buckets >= n;
+    for (size_t i = first; i < last; i++) {
+        struct bucket *head = &old->buckets[i];
+        bucket_lock(head);
+        bucket_migrate__locked(new_map, head, old->migrate_copy, exclusive);
+        bucket_unlock(head);
+    }
+    /* Acq_rel: the finisher sees every helper's migration before it publishes. */
+    size_t done =
+        atomic_fetch_add_explicit(&old->migrate_done, last - first, memory_order_acq_rel) +
+        (last - first);
+    if (done != n)
+        return false;
+    vck_rcu_assign_pointer(ht->map, new_map);
+    __atomic_fetch_add(&ht->resizes, 1, __ATOMIC_RELAXED);
+    return true;
+}
+
+/* Frees @old after a grace period, without waiting: usable inside read-side sections. */
+static void map_retire_deferred(struct vck_qht *ht, struct vck_qht_map *old)
+{
+    __atomic_fetch_add(&ht->pending_maps, 1, __ATOMIC_RELAXED);
+    vck_rcu_call(&old->rcu, map_free_callback);
+}
+
+/* A writer's share of a migration in progress. Inside a read-side section. */
+static inline void migration_writer_help(struct vck_qht *ht)
+{
+    struct vck_qht_map *map = current_map(ht);
+    if (__builtin_expect(atomic_load_explicit(&map->next, memory_order_relaxed) == NULL, 1))
+        return;
+    /* A resizing thread is on it: helping would only slow this writer down (measured on two
+     * cores with a resizer thread: 2.7 instead of 4 M ops/s). */
+    if (atomic_load_explicit(&map->migrate_driven, memory_order_relaxed))
+        return;
+    if (migration_help(ht, map, WRITER_CHUNK))
+        map_retire_deferred(ht, map);
+}
+
+/*
+ * Completes the migration in progress, if any. Table mutex held, so no other can start.
+ * @may_block: the caller is outside read-side sections, and frees the old map itself after a
+ * grace period if it finishes the migration.
+ */
+static void migration_finish__table_locked(struct vck_qht *ht, bool may_block)
+{
+    struct vck_qht_map *finished = NULL;
+    vck_rcu_read_lock();
+    struct vck_qht_map *map = current_map(ht);
+    if (atomic_load_explicit(&map->next, memory_order_acquire)) {
+        atomic_store_explicit(&map->migrate_driven, true, memory_order_relaxed);
+        while (!finished &&
+               atomic_load_explicit(&map->migrate_cursor, memory_order_relaxed) < map->n_buckets)
+            if (migration_help(ht, map, RESIZER_CHUNK))
+                finished = map;
+        /* Writers still migrating the chunks they claimed: the last of them publishes. */
+        while (!finished && current_map(ht) == map)
+            sched_yield();
+    }
+    vck_rcu_read_unlock();
+    if (!finished)
+        return;
+    if (may_block) {
+        vck_rcu_synchronize();
+        map_free(finished);
+    } else {
+        map_retire_deferred(ht, finished);
+    }
+}
+
+/* Outside read-side sections, table mutex held. */
 static bool resize__table_locked(struct vck_qht *ht, size_t n_elems, bool copy)
 {
-    struct vck_qht_map *map = __atomic_load_n(&ht->map, __ATOMIC_RELAXED);
-    size_t n_buckets = buckets_for(n_elems), old_n_buckets = map->n_buckets;
+    migration_finish__table_locked(ht, true);
+    /* Maps a writer retired are freed before we make another: two maps at most. */
+    if (__atomic_load_n(&ht->pending_maps, __ATOMIC_ACQUIRE))
+        vck_rcu_barrier();
+    size_t n_buckets = buckets_for(n_elems);
+    size_t old_n_buckets = __atomic_load_n(&ht->map, __ATOMIC_RELAXED)->n_buckets;
     if (n_buckets == old_n_buckets && copy)
         return false;
-    struct vck_qht_map *old = map_replace__table_locked(ht, n_buckets, copy);
-    /* Wait here rather than defer: two maps at most, however fast resizes come. */
-    vck_rcu_synchronize();
-    map_free(old);
+    migration_start__table_locked(ht, n_buckets, copy);
+    migration_finish__table_locked(ht, true);
+    if (__atomic_load_n(&ht->pending_maps, __ATOMIC_ACQUIRE))
+        vck_rcu_barrier();
     return n_buckets != old_n_buckets;
 }
 
@@ -582,27 +687,27 @@ bool vck_qht_resize(struct vck_qht *ht, size_t n_elems)
 bool vck_qht_reset_size(struct vck_qht *ht, size_t n_elems)
 {
     pthread_mutex_lock(&ht->lock);
-    size_t before = current_map(ht)->n_buckets;
-    resize__table_locked(ht, n_elems, false);
-    bool changed = current_map(ht)->n_buckets != before;
+    bool changed = resize__table_locked(ht, n_elems, false);
     pthread_mutex_unlock(&ht->lock);
     return changed;
 }
 
+/* An insert that found @map too full starts a doubling, unless one is already on its way. Inside
+ * a read-side section; the work itself is shared out by migration_writer_help(). */
 static void grow_if_still_needed(struct vck_qht *ht, struct vck_qht_map *map)
 {
     /*
-     * Growth is an optimisation: never wait for the mutex. Nor for the reclamation of maps
-     * retired by earlier growth: they halve at each step back, so together they never exceed
-     * the current map, and waiting for them let a burst of inserts outrun growth.
+     * Never wait for the mutex. Nor for the reclamation of maps retired by earlier growth: they
+     * halve at each step back, so together they never exceed the current map.
      */
+    if (atomic_load_explicit(&map->next, memory_order_relaxed) != NULL)
+        return;
     if (pthread_mutex_trylock(&ht->lock) != 0)
         return;
-    if (current_map(ht) == map && map_wants_growth(map)) {
-        struct vck_qht_map *old = map_replace__table_locked(ht, map->n_buckets * 2, true);
-        __atomic_fetch_add(&ht->pending_maps, 1, __ATOMIC_RELAXED);
-        vck_rcu_call(&old->rcu, map_free_callback);
-    }
+    struct vck_qht_map *current = current_map(ht);
+    if (current == map && atomic_load_explicit(&map->next, memory_order_relaxed) == NULL &&
+        map_wants_growth(map))
+        migration_start__table_locked(ht, map->n_buckets * 2, true);
     pthread_mutex_unlock(&ht->lock);
 }
 
@@ -620,6 +725,7 @@ void vck_qht_init(struct vck_qht *ht, vck_qht_cmp_fn *cmp, size_t n_elems, unsig
 
 void vck_qht_destroy(struct vck_qht *ht)
 {
+    migration_finish__table_locked(ht, true); /* nobody else uses the table: no lock needed */
     /* Callbacks still freeing retired maps point at @ht. */
     if (__atomic_load_n(&ht->pending_maps, __ATOMIC_ACQUIRE))
         vck_rcu_barrier();
@@ -631,6 +737,8 @@ void vck_qht_destroy(struct vck_qht *ht)
 void vck_qht_reset(struct vck_qht *ht)
 {
     pthread_mutex_lock(&ht->lock);
+    migration_finish__table_locked(ht, false);
+    /* With the mutex held and no migration in progress, the current map stays current. */
     struct vck_qht_map *map = current_map(ht);
     for (size_t i = 0; i < map->n_buckets; i++) {
         struct bucket *head = &map->buckets[i];
@@ -657,7 +765,8 @@ static void iterate(struct vck_qht *ht, vck_qht_iter_fn *visit_fn,
                     vck_qht_iter_remove_fn *remove_fn, void *userp)
 {
     pthread_mutex_lock(&ht->lock);
-    /* Only a holder of the table mutex replaces the map: it stays current and alive. */
+    migration_finish__table_locked(ht, false);
+    /* With the mutex held and no migration in progress, the current map stays current. */
     struct vck_qht_map *map = current_map(ht);
     for (size_t i = 0; i < map->n_buckets; i++) {
         struct bucket *head = &map->buckets[i];
@@ -700,6 +809,7 @@ void vck_qht_statistics(struct vck_qht *ht, struct vck_qht_stats *stats)
 {
     memset(stats, 0, sizeof(*stats));
     pthread_mutex_lock(&ht->lock);
+    migration_finish__table_locked(ht, false);
     struct vck_qht_map *map = current_map(ht);
     stats->head_buckets = map->n_buckets;
     for (size_t i = 0; i < map->n_buckets; i++) {

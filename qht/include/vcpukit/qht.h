@@ -81,8 +81,10 @@ void vck_qht_destroy(struct vck_qht *ht);
  * Returns true if @p was inserted. Returns false if an equal object was found; then *@existing
  * (when @existing is not NULL) is that object, and @p was not inserted. @p must not be NULL.
  * Any registered thread. Locks one bucket (spinning on contention, yielding after a while); may
- * allocate a 64-byte overflow bucket; with VCK_QHT_AUTO_RESIZE may grow the whole table inline
- * (O(n), once per doubling).
+ * allocate a 64-byte overflow bucket. With VCK_QHT_AUTO_RESIZE, may start doubling the table
+ * (allocating the new bucket array); while a doubling is under way and no resizing thread is
+ * driving it, each insert and remove also migrates up to 16 buckets, so no single call pays for
+ * the whole table.
  */
 bool vck_qht_insert(struct vck_qht *ht, void *p, uint32_t hash, void **existing);
 
@@ -100,7 +102,8 @@ void *vck_qht_lookup_custom(const struct vck_qht *ht, const void *userp, uint32_
 
 /**
  * vck_qht_remove - remove the entry whose pointer is @p (identity, not @cmp) under @hash.
- * Returns false if it was not in the table. Any registered thread; locks one bucket. Concurrent
+ * Returns false if it was not in the table. Any registered thread; locks one bucket (and may
+ * help a migration, as vck_qht_insert() does). Concurrent
  * lookups may still return @p until the caller's next grace period: free it after one.
  */
 bool vck_qht_remove(struct vck_qht *ht, const void *p, uint32_t hash);
@@ -122,8 +125,9 @@ bool vck_qht_reset_size(struct vck_qht *ht, size_t n_elems);
  * vck_qht_resize - resize for about @n_elems entries; returns false if the size is unchanged.
  * Any registered thread, outside read-side sections: it waits for a grace period before
  * freeing the old buckets, so that at most two maps exist per table however often it is
- * called. Lookups and writers proceed during the resize; each bucket is unavailable to writers
- * only while its entries are copied. O(n).
+ * called. The calling thread does the migration (finishing first any automatic one under way);
+ * lookups and writers proceed meanwhile, and each bucket is unavailable to writers only while
+ * its own entries are copied. O(n).
  */
 bool vck_qht_resize(struct vck_qht *ht, size_t n_elems);
 
