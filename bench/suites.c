@@ -7,4 +7,5 @@ void vck_bench_register_all(void)
     vck_bench_register_rcu_flavor_qsbr();
     vck_bench_register_rcu_flavor_mb();
     vck_bench_register_rcu_flavor_bp();
+    vck_bench_register_qht();
 }

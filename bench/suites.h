@@ -13,6 +13,7 @@ void vck_bench_register_rcu_flavor_memb(void);
 void vck_bench_register_rcu_flavor_qsbr(void);
 void vck_bench_register_rcu_flavor_mb(void);
 void vck_bench_register_rcu_flavor_bp(void);
+void vck_bench_register_qht(void);
 
 #ifdef __cplusplus
 }
