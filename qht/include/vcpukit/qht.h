@@ -64,8 +64,9 @@ struct vck_qht {
 /**
  * vck_qht_init - set up an empty table sized for about @n_elems entries.
  * @cmp decides duplicates for vck_qht_insert() and is the compare of vck_qht_lookup().
- * @flags: VCK_QHT_AUTO_RESIZE, VCK_QHT_NO_HUGE_PAGES or 0. Any thread; the table is not shared yet.
- * Allocates max(1, next_pow2(n_elems / 4)) buckets of 64 bytes. Aborts if memory runs out.
+ * @flags: VCK_QHT_AUTO_RESIZE, VCK_QHT_NO_HUGE_PAGES or 0. Any thread; the table is not
+ * shared yet. Allocates max(1, next_pow2(n_elems / 2)) buckets of 64 bytes: two entries per
+ * bucket on average, half their capacity (see qht/README.md). Aborts if memory runs out.
  */
 void vck_qht_init(struct vck_qht *ht, vck_qht_cmp_fn *cmp, size_t n_elems, unsigned flags);
 
