@@ -1,5 +1,6 @@
 /*
- * vcpukit/rcu.h - the kit's read-copy-update layer over liburcu.
+ * vcpukit/rcu.h - the kit's read-copy-update layer over liburcu, and the memory map built on it
+ * (regions rendered into RCU-published flat views: second half of this header).
  *
  * Every vcpukit module that publishes data to lock-free readers goes through this header, never
  * through liburcu directly, for two reasons:
@@ -33,6 +34,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <vcpukit/config.h>
 
@@ -238,6 +240,372 @@ void vck_rcu_free_at(struct vck_rcu_head *head, size_t offset);
  * grace period. Call it before freeing what callbacks use (or before exit, to reclaim all).
  */
 void vck_rcu_barrier(void);
+
+/*
+ * ===========================================================================================
+ * The memory map: regions rendered into flat views published with RCU.
+ *
+ * A guest's physical memory is a tree of regions: RAM, MMIO devices, aliases (a window onto part
+ * of another region) and containers (which place children at offsets, with priorities, and let
+ * lower-priority siblings show through their holes). An address space renders the tree under
+ * its root region into a flat view: a sorted array of disjoint ranges, each naming the terminal
+ * region (RAM or MMIO) that answers there and the offset into it. Views are immutable,
+ * published with RCU and reclaimed after a grace period once no reader holds them, so readers
+ * never lock and the writer never waits for them.
+ *
+ * Everything belongs to a struct vck_memmap (one per emulated machine; no global state). All
+ * changes to regions, address spaces and listeners are made by writers holding the memmap's
+ * writer lock, which every changing call takes by itself and vck_memmap_begin() holds across a
+ * transaction. Changes inside a transaction are rendered once, at the outermost
+ * vck_memmap_commit(); a change outside one commits at once. A commit re-renders only the parts
+ * of each address space that the changes could have touched (see rcu/README.md, "Rendering").
+ *
+ * Threads. Writers: any registered RCU thread (vck_rcu_register_thread), not from a listener
+ * callback or a view builder (that is a bug, and aborts). Readers: any registered thread,
+ * inside a read-side section (vck_as_view) or holding a reference (vck_as_view_get).
+ *
+ * Memory ordering. Publication of a view is a release store (vck_rcu_assign_pointer) and
+ * vck_as_view() an acquire load: a reader sees a view's ranges and derived data completely
+ * built. A view is freed only after its reference count reaches zero and then a grace period.
+ *
+ * Lifetime rules (checked: breaking them aborts, in every build type).
+ *  - A region can be destroyed (vck_mr_destroy) only when it is mapped nowhere: not a child of a
+ *    container, not the target of an alias, not the root of an address space, and, if it is a
+ *    container, without children. Its memory (and RAM backing, and the release callback) is
+ *    reclaimed only once every view that existed when it was destroyed is gone, so a reader that
+ *    holds a view may always use the regions the view names.
+ *  - Address spaces are destroyed before their root; listeners are unregistered before their
+ *    address space goes; vck_memmap_free() requires every region and address space destroyed.
+ * ===========================================================================================
+ */
+
+struct vck_memmap;   /* one machine's memory map: its regions, address spaces and writer lock */
+struct vck_mr;       /* a memory region */
+struct vck_as;       /* an address space: a root region and its published view */
+struct vck_flatview; /* an immutable rendering of an address space */
+
+/* Size of a region that covers the whole 64-bit space (2^64 bytes, which uint64_t can't hold). */
+#define VCK_MR_SIZE_FULL UINT64_MAX
+
+enum vck_mr_kind {
+    VCK_MR_CONTAINER, /* places children; its holes show lower-priority siblings */
+    VCK_MR_RAM,       /* host memory; ROM is RAM with the read-only flag */
+    VCK_MR_MMIO,      /* read/write callbacks */
+    VCK_MR_ALIAS,     /* shows [offset, offset + size) of its target */
+};
+
+/* Outcome of a memory access (MMIO callbacks return one; dispatch reports one per access). */
+enum vck_mem_result {
+    VCK_MEM_OK = 0,
+    VCK_MEM_DEVICE_ERROR = 1, /* the device refused the access */
+    VCK_MEM_DECODE_ERROR = 2, /* nothing answers at that address, or a write to read-only memory */
+};
+
+/*
+ * An MMIO region's device. The callbacks run on whichever reader thread accesses the region,
+ * concurrently with each other (the device synchronises its own state), inside that thread's
+ * RCU read-side section: they must not wait for a grace period, but may change the memory map
+ * (the writer lock is never held across a grace period, and a commit made inside a read-side
+ * section never waits for one). @offset is from the start of the region; @size is a power of two in
+ * [min_access, max_access]. A NULL callback makes that direction fail with VCK_MEM_DEVICE_ERROR.
+ */
+struct vck_mr_ops {
+    enum vck_mem_result (*read)(void *opaque, uint64_t offset, uint64_t *value, unsigned size);
+    enum vck_mem_result (*write)(void *opaque, uint64_t offset, uint64_t value, unsigned size);
+    unsigned min_access; /* smallest access the callbacks implement, bytes; 0 means 1 */
+    unsigned max_access; /* largest; 0 means 8 */
+    bool unaligned;      /* the callbacks accept offsets not aligned to the access size */
+};
+
+/* Called once when a region's memory is reclaimed: no view can reach the region any more. */
+typedef void vck_mr_release_fn(void *opaque);
+
+/* One range of a flat view. @mr is RAM or MMIO, never a container or an alias. */
+struct vck_flat_range {
+    uint64_t start;    /* first address */
+    uint64_t last;     /* last address, inclusive: a range may end at 2^64 - 1 */
+    struct vck_mr *mr; /* the region answering here */
+    uint64_t offset;   /* offset in @mr of @start */
+    bool readonly;     /* the region, or a container or alias above it, is read-only */
+};
+
+/* vck_memmap_new() options; zero-initialise and set what you need. */
+struct vck_memmap_options {
+    /*
+     * Bytes of retired views (and their derived data) awaiting reclamation above which a commit
+     * made outside a read-side section waits for reclamation (vck_rcu_barrier) before returning,
+     * so a storm of commits cannot pile up views. 0 means the default, 4 MiB; SIZE_MAX never
+     * waits. A commit made inside a read-side section cannot wait and never does.
+     */
+    size_t pending_limit;
+    unsigned flags;
+};
+
+/* Render every commit from scratch (QEMU's way): the reference and benchmark peer. */
+#define VCK_MEMMAP_FULL_RENDER (1u << 0)
+/* Testing aid: poison freed views and keep the last 64 in quarantine before freeing them. */
+#define VCK_MEMMAP_QUARANTINE (1u << 1)
+
+/* Byte every freed view is filled with under VCK_MEMMAP_QUARANTINE. */
+#define VCK_FLATVIEW_POISON 0x6b
+
+/**
+ * vck_memmap_new - an empty memory map. @opts may be NULL for the defaults.
+ * Any thread. Returns NULL only when memory runs out.
+ */
+struct vck_memmap *vck_memmap_new(const struct vck_memmap_options *opts);
+
+/**
+ * vck_memmap_free - free an empty memory map: every address space and region destroyed.
+ * Any registered thread, outside read-side sections: waits for pending reclamation.
+ */
+void vck_memmap_free(struct vck_memmap *mm);
+
+/**
+ * vck_memmap_begin / vck_memmap_commit - a transaction: changes between them are rendered
+ * once, at the outermost commit. Nestable. begin takes the memmap's writer lock (blocking other
+ * writers until the outermost commit); commit re-renders what changed, runs the view builders,
+ * tells the listeners, publishes the new views, and may wait for reclamation (see
+ * vck_memmap_options.pending_limit). A commit that changes nothing visible publishes nothing.
+ * Writers only (see above); commit by the thread that called begin.
+ */
+void vck_memmap_begin(struct vck_memmap *mm);
+void vck_memmap_commit(struct vck_memmap *mm);
+
+struct vck_memmap_stats {
+    uint64_t commits;             /* outermost commits */
+    uint64_t views_published;     /* over all address spaces */
+    uint64_t renders_full;        /* address-space renders from scratch */
+    uint64_t renders_incremental; /* renders of changed windows only */
+    uint64_t views_live;          /* views not yet reclaimed, current ones included */
+    size_t pending_bytes;         /* retired views awaiting reclamation */
+    size_t peak_pending_bytes;
+    uint64_t reclaim_waits; /* commits that waited because pending_bytes passed the limit */
+};
+
+/** vck_memmap_get_stats - counters since vck_memmap_new(). Any thread; takes the writer lock. */
+void vck_memmap_get_stats(struct vck_memmap *mm, struct vck_memmap_stats *st);
+
+/*
+ * Regions. Constructors: writers; @name is copied; the region starts enabled, writable, at
+ * priority 0, mapped nowhere. They return NULL only when memory runs out.
+ */
+
+/** vck_mr_new_container - a container of @size bytes (VCK_MR_SIZE_FULL: the whole space). */
+struct vck_mr *vck_mr_new_container(struct vck_memmap *mm, const char *name, uint64_t size);
+
+/**
+ * vck_mr_new_ram - RAM of @size bytes backed by zeroed host memory the region owns (anonymous
+ * mmap, transparent huge pages asked for from 2 MiB). The region can later shrink and grow back,
+ * never past @size.
+ */
+struct vck_mr *vck_mr_new_ram(struct vck_memmap *mm, const char *name, uint64_t size);
+
+/**
+ * vck_mr_new_ram_ptr - RAM backed by @host, which the caller owns and keeps valid until the
+ * region's release callback runs (vck_mr_set_release).
+ */
+struct vck_mr *vck_mr_new_ram_ptr(struct vck_memmap *mm, const char *name, uint64_t size,
+                                  void *host);
+
+/** vck_mr_new_mmio - a device: @ops (copied) called with @opaque. */
+struct vck_mr *vck_mr_new_mmio(struct vck_memmap *mm, const char *name, uint64_t size,
+                               const struct vck_mr_ops *ops, void *opaque);
+
+/**
+ * vck_mr_new_alias - shows [@offset, @offset + @size) of @target. @target may be any region of
+ * the same memmap, an alias or a container included; it cannot be destroyed while aliased.
+ */
+struct vck_mr *vck_mr_new_alias(struct vck_memmap *mm, const char *name, struct vck_mr *target,
+                                uint64_t offset, uint64_t size);
+
+/**
+ * vck_mr_destroy - give up the region. Writers. It must be mapped nowhere (see "Lifetime
+ * rules"; otherwise this aborts, naming it). Its memory, RAM backing and release callback are
+ * reclaimed once every view that exists now is gone: maybe at once, maybe later on the RCU
+ * callback thread.
+ */
+void vck_mr_destroy(struct vck_mr *mr);
+
+/** vck_mr_set_release - call @fn(@opaque) when @mr's memory is reclaimed. Writers. */
+void vck_mr_set_release(struct vck_mr *mr, vck_mr_release_fn *fn, void *opaque);
+
+/*
+ * Changing the tree. Writers; each is a transaction of its own when called outside one. Misuse
+ * (a cycle, a child already mapped elsewhere, a RAM region grown past its backing, regions of
+ * two memmaps) aborts with a message.
+ */
+
+/**
+ * vck_mr_add_subregion - map @sub at @addr in @container, at @priority. Higher priorities win
+ * where children overlap; at equal priority the child added later wins (moving or
+ * re-prioritising a child keeps its place in that order). A child may extend past its
+ * container's end: it is clipped.
+ */
+void vck_mr_add_subregion(struct vck_mr *container, uint64_t addr, struct vck_mr *sub,
+                          int priority);
+
+/** vck_mr_del_subregion - unmap @sub from @container (where it must be mapped). */
+void vck_mr_del_subregion(struct vck_mr *container, struct vck_mr *sub);
+
+/** vck_mr_set_address - move a mapped @sub to @addr within its container. */
+void vck_mr_set_address(struct vck_mr *sub, uint64_t addr);
+
+/** vck_mr_set_priority - change a mapped @sub's priority. */
+void vck_mr_set_priority(struct vck_mr *sub, int priority);
+
+/** vck_mr_set_size - resize @mr (RAM: at most its backing's size). */
+void vck_mr_set_size(struct vck_mr *mr, uint64_t size);
+
+/** vck_mr_set_enabled - a disabled region and everything under it is skipped when rendering. */
+void vck_mr_set_enabled(struct vck_mr *mr, bool enabled);
+
+/** vck_mr_set_readonly - read-only applies to everything rendered through @mr. */
+void vck_mr_set_readonly(struct vck_mr *mr, bool readonly);
+
+/** vck_mr_set_alias_target - point @alias at [@offset, @offset + size) of @target. */
+void vck_mr_set_alias_target(struct vck_mr *alias, struct vck_mr *target, uint64_t offset);
+
+/*
+ * Region attributes. The kind, name, host pointer, ops and opaque never change, so any thread
+ * holding a view (or a writer) may read them for a region the view names. The rest (size,
+ * address, priority, flags, parent) are writer state: writers only.
+ */
+enum vck_mr_kind vck_mr_kind(const struct vck_mr *mr);
+const char *vck_mr_name(const struct vck_mr *mr);
+/* RAM: the host address of offset 0; NULL for other kinds. */
+void *vck_mr_host(const struct vck_mr *mr);
+/* MMIO: the callbacks and their opaque; NULL for other kinds. */
+const struct vck_mr_ops *vck_mr_ops(const struct vck_mr *mr);
+void *vck_mr_opaque(const struct vck_mr *mr);
+/* Writer state. Size VCK_MR_SIZE_FULL means 2^64. */
+uint64_t vck_mr_size(const struct vck_mr *mr);
+uint64_t vck_mr_address(const struct vck_mr *mr); /* in its container; 0 when unmapped */
+int vck_mr_priority(const struct vck_mr *mr);
+bool vck_mr_enabled(const struct vck_mr *mr);
+bool vck_mr_readonly(const struct vck_mr *mr);
+struct vck_mr *vck_mr_container(const struct vck_mr *mr); /* NULL when unmapped */
+
+/*
+ * Address spaces.
+ */
+
+/**
+ * vck_as_new - an address space rendering @root (clipped to [0, min(size, 2^64))). Writers.
+ * Renders and publishes the first view before returning. NULL only when memory runs out.
+ */
+struct vck_as *vck_as_new(struct vck_memmap *mm, const char *name, struct vck_mr *root);
+
+/**
+ * vck_as_destroy - unpublish and drop the address space. Writers; no listener may still be
+ * registered. Readers inside a section may go on using the view they hold.
+ */
+void vck_as_destroy(struct vck_as *as);
+
+struct vck_mr *vck_as_root(const struct vck_as *as);
+const char *vck_as_name(const struct vck_as *as);
+
+/**
+ * vck_as_view - the current view. A registered thread inside a read-side section; the view
+ * stays valid until the section ends (don't keep it past: take a reference for that). One
+ * acquire load; never NULL.
+ */
+const struct vck_flatview *vck_as_view(const struct vck_as *as);
+
+/**
+ * vck_as_view_get - the current view with a reference: valid outside read-side sections until
+ * vck_flatview_unref(). Any registered thread (enters a section itself). An acquire load and a
+ * compare-and-swap on the view's count.
+ */
+const struct vck_flatview *vck_as_view_get(const struct vck_as *as);
+
+/** vck_flatview_ref - another reference on a view the caller holds (or reads in a section). */
+void vck_flatview_ref(const struct vck_flatview *view);
+
+/**
+ * vck_flatview_unref - drop a reference; the last one queues the view for reclamation after a
+ * grace period. Any registered thread, inside or outside sections.
+ */
+void vck_flatview_unref(const struct vck_flatview *view);
+
+/* The ranges, sorted by address, disjoint, adjacent compatible ranges merged. */
+const struct vck_flat_range *vck_flatview_ranges(const struct vck_flatview *view, size_t *n);
+
+/* Per address space, 1 for the first view, +1 for each one published after it. */
+uint64_t vck_flatview_generation(const struct vck_flatview *view);
+
+/** vck_flatview_find - the range containing @addr, or NULL (unassigned). O(log n). */
+const struct vck_flat_range *vck_flatview_find(const struct vck_flatview *view, uint64_t addr);
+
+/*
+ * View builders: data derived from each view (a dispatch page map, say), built by the writer
+ * before the view is published and freed with it, so a reader that holds a view holds a
+ * matching derived structure too and can never pair one view with another's.
+ */
+struct vck_view_builder {
+    /*
+     * Build the derived data for @view. @old is the view being replaced and @old_data its data
+     * (NULL for the first view), for incremental builds; @old stays valid during the call.
+     * Store the bytes the result uses in *@bytes (for the pending-memory accounting).
+     * Return NULL only when nothing is derived.
+     */
+    void *(*build)(void *opaque, const struct vck_flatview *view, const struct vck_flatview *old,
+                   void *old_data, size_t *bytes);
+    /* Free a result of build(). Runs on the RCU callback thread, or a writer. */
+    void (*free)(void *opaque, void *data);
+    void *opaque;
+};
+
+#define VCK_FLATVIEW_DERIVED_MAX 4
+
+/**
+ * vck_as_add_builder - register @b (copied) and build its data for the current view, which is
+ * then republished with it. Writers. Returns the slot to pass to vck_flatview_derived(); aborts
+ * when all VCK_FLATVIEW_DERIVED_MAX slots are taken.
+ */
+int vck_as_add_builder(struct vck_as *as, const struct vck_view_builder *b);
+
+/* The data @slot's builder made for @view (NULL for views published before it registered). */
+void *vck_flatview_derived(const struct vck_flatview *view, int slot);
+
+/*
+ * Listeners: told how each commit changed an address space's view. Callbacks run on the
+ * committing writer, under the writer lock, in this order:
+ *   begin           (registration order)
+ *   region_del      for each range of the old view not in the new one, ascending address
+ *                   (reverse registration order)
+ *   region_add      for each range of the new view not in the old one, and
+ *   region_nop      for each range in both, interleaved in ascending address
+ *                   (registration order)
+ *   -- the new view is published here --
+ *   commit          (registration order), with the now current view
+ * "In both" means equal start, last, region, offset and read-only flag. Applying the dels and
+ * then the adds to a copy of the old view yields the new one. Commits that change nothing
+ * visible in this address space call nothing. Callbacks may be NULL; they must not change the
+ * memory map (that aborts) nor wait for a grace period, but may read it and call vck_as_view().
+ */
+struct vck_mem_listener {
+    void (*begin)(struct vck_mem_listener *l);
+    void (*region_del)(struct vck_mem_listener *l, const struct vck_flat_range *r);
+    void (*region_add)(struct vck_mem_listener *l, const struct vck_flat_range *r);
+    void (*region_nop)(struct vck_mem_listener *l, const struct vck_flat_range *r);
+    void (*commit)(struct vck_mem_listener *l, const struct vck_flatview *view);
+    /* private to the memmap */
+    struct vck_as *as_;
+    struct vck_mem_listener *next_, *prev_;
+};
+
+/**
+ * vck_as_listener_register - register @l on @as and replay the current view to it: begin,
+ * region_add for every range, commit. Writers. @l must stay valid until unregistered.
+ */
+void vck_as_listener_register(struct vck_as *as, struct vck_mem_listener *l);
+
+/**
+ * vck_as_listener_unregister - begin, region_del for every range, commit; then forget @l.
+ * Writers.
+ */
+void vck_as_listener_unregister(struct vck_mem_listener *l);
 
 #ifdef __cplusplus
 }
