@@ -13,6 +13,11 @@
  * learns the table walk.
  * Each lookup runs in its own RCU read-side section.
  *
+ * lookup_hit_batch measures vck_qht_prefetch() (vck tables only): the same keys, looked up in
+ * batches of 8, 16 (vck, vck_prefetch) or 32 (_b8, _b32) in one read-side section each, with or
+ * without first prefetching the batch's buckets; and (_d4, _d16) lookup_hit's own loop
+ * prefetching 4 or 16 keys ahead, whose peer is lookup_hit/vck.
+ *
  * Tables are built once, on first use, and shared by every benchmark of that table and size
  * (about 450 MB for the three 4M tables); each benchmark leaves its table holding 0..n-1.
  *
@@ -53,10 +58,11 @@
 /* vck_nohuge: the same table without transparent huge pages, to measure what they are worth. */
 enum kind { KIND_VCK, KIND_VCK_NOHUGE, KIND_LFHT, KIND_CKHS, KIND_NONE, N_KINDS };
 
-#define MAX_SIZES    4
-#define MAX_BATCH    16384
-#define MAX_SPARE    (1u << 20)
-#define SEQUENCE_MIN (1u << 20)
+#define MAX_SIZES        4
+#define MAX_BATCH        16384
+#define MAX_SPARE        (1u << 20)
+#define SEQUENCE_MIN     (1u << 20)
+#define MAX_LOOKUP_BATCH 32 /* lookup_hit_batch: keys per batch, or prefetch distance */
 
 /*
  * Random permutations of 0..period-1, concatenated to at least SEQUENCE_MIN entries. Visiting a
@@ -447,6 +453,92 @@ static inline __attribute__((always_inline)) void bench_lookup_hit_mt(struct vck
     vck_rcu_unregister_thread();
 }
 
+/*
+ * Batched hits, for vck_qht_prefetch(): the keys of lookup_hit, @batch at a time, hashed and
+ * then looked up in one read-side section per batch. @prefetch: first hint the bucket of every
+ * key of the batch, so that their misses overlap; without, the same loop is the peer.
+ */
+static inline __attribute__((always_inline)) void
+bench_lookup_hit_batch(struct vck_bench_state *st, size_t batch, bool prefetch)
+{
+    vck_rcu_register_thread();
+    struct table *t = get_table(KIND_VCK, (size_t)vck_bench_range(st));
+    const uint32_t *seq = t->ks->seq.v;
+    const size_t len = t->ks->seq.len;
+    long keys[MAX_LOOKUP_BATCH];
+    uint32_t hashes[MAX_LOOKUP_BATCH];
+    size_t i = 0, hits = 0;
+    uint64_t iters = vck_bench_begin(st);
+    for (uint64_t done = 0; done < iters; done += batch) {
+        size_t b = iters - done < batch ? (size_t)(iters - done) : batch;
+        for (size_t j = 0; j < b; j++) {
+            keys[j] = (long)seq[i];
+            if (++i == len)
+                i = 0;
+            hashes[j] = key_hash(keys[j]);
+        }
+        vck_rcu_read_lock();
+        if (prefetch) {
+            for (size_t j = 0; j < b; j++)
+                vck_qht_prefetch(&t->qht, hashes[j]);
+        }
+        for (size_t j = 0; j < b; j++) {
+            void *p = vck_qht_lookup(&t->qht, &keys[j], hashes[j]);
+            hits += p != NULL;
+            vck_bench_keep(p);
+        }
+        vck_rcu_read_unlock();
+    }
+    vck_bench_end(st);
+    vck_bench_items(st, (int64_t)iters);
+    if (hits != iters)
+        vck_bench_fail(st, "a lookup missed");
+    vck_rcu_unregister_thread();
+}
+
+/*
+ * The hint used as a pipeline instead: lookup_hit's loop (a read-side section per lookup) that
+ * also prefetches the bucket of the key @distance places further on. Its peer is lookup_hit/vck.
+ */
+static inline __attribute__((always_inline)) void bench_lookup_hit_ahead(struct vck_bench_state *st,
+                                                                         size_t distance)
+{
+    vck_rcu_register_thread();
+    struct table *t = get_table(KIND_VCK, (size_t)vck_bench_range(st));
+    const uint32_t *seq = t->ks->seq.v;
+    const size_t len = t->ks->seq.len;
+    /* ahead[k % distance]: the hash of sequence position k, computed when it was prefetched */
+    uint32_t ahead[MAX_LOOKUP_BATCH];
+    size_t i = 0, next = 0, hits = 0;
+    for (size_t k = 0; k < distance; k++) {
+        ahead[k] = key_hash((long)seq[next]);
+        if (++next == len)
+            next = 0;
+    }
+    uint64_t iters = vck_bench_begin(st);
+    for (uint64_t it = 0; it < iters; it++) {
+        long key = (long)seq[i];
+        if (++i == len)
+            i = 0;
+        size_t slot = (size_t)(it % distance);
+        uint32_t hash = ahead[slot];
+        ahead[slot] = key_hash((long)seq[next]);
+        if (++next == len)
+            next = 0;
+        vck_rcu_read_lock();
+        vck_qht_prefetch(&t->qht, ahead[slot]);
+        void *p = vck_qht_lookup(&t->qht, &key, hash);
+        vck_rcu_read_unlock();
+        hits += p != NULL;
+        vck_bench_keep(p);
+    }
+    vck_bench_end(st);
+    vck_bench_items(st, (int64_t)iters);
+    if (hits != iters)
+        vck_bench_fail(st, "a lookup missed");
+    vck_rcu_unregister_thread();
+}
+
 /* Removes (untimed) the @b resident keys of the window at @start in ks->seq. */
 static inline __attribute__((always_inline)) void remove_residents(struct table *t, enum kind kind,
                                                                    size_t start, size_t b)
@@ -585,6 +677,28 @@ INSTANCES(lookup_hit_mt)
 INSTANCES(insert)
 INSTANCES(remove)
 
+/* Batches of 16 are the pair named plainly; the others try other batch sizes and distances. */
+#define BATCH(name, batch, prefetch)                                                               \
+    static void lookup_hit_batch_##name(struct vck_bench_state *st)                                \
+    {                                                                                              \
+        _Static_assert(batch <= MAX_LOOKUP_BATCH, "batch too large");                              \
+        bench_lookup_hit_batch(st, batch, prefetch);                                               \
+    }
+#define AHEAD(name, distance)                                                                      \
+    static void lookup_hit_batch_##name(struct vck_bench_state *st)                                \
+    {                                                                                              \
+        _Static_assert(distance <= MAX_LOOKUP_BATCH, "distance too large");                        \
+        bench_lookup_hit_ahead(st, distance);                                                      \
+    }
+BATCH(vck_b8, 8, false)
+BATCH(vck_prefetch_b8, 8, true)
+BATCH(vck, 16, false)
+BATCH(vck_prefetch, 16, true)
+BATCH(vck_b32, 32, false)
+BATCH(vck_prefetch_b32, 32, true)
+AHEAD(vck_prefetch_d4, 4)
+AHEAD(vck_prefetch_d16, 16)
+
 static void register_peers(const char *what, vck_bench_fn *const fns[N_KINDS], int threads)
 {
     static const char *const kind_names[N_KINDS] = {"vck", "vck_nohuge", "lfht", "ckhs", "none"};
@@ -613,4 +727,20 @@ void vck_bench_register_qht(void)
     register_peers("insert", PEERS(insert), 1);
     register_peers("remove", PEERS(remove), 1);
     register_peers("lookup_hit_mt", PEERS(lookup_hit_mt), 2);
+    static const struct {
+        const char *name;
+        vck_bench_fn *fn;
+    } batches[] = {
+        {"qht/lookup_hit_batch/vck_b8", lookup_hit_batch_vck_b8},
+        {"qht/lookup_hit_batch/vck_prefetch_b8", lookup_hit_batch_vck_prefetch_b8},
+        {"qht/lookup_hit_batch/vck", lookup_hit_batch_vck},
+        {"qht/lookup_hit_batch/vck_prefetch", lookup_hit_batch_vck_prefetch},
+        {"qht/lookup_hit_batch/vck_b32", lookup_hit_batch_vck_b32},
+        {"qht/lookup_hit_batch/vck_prefetch_b32", lookup_hit_batch_vck_prefetch_b32},
+        {"qht/lookup_hit_batch/vck_prefetch_d4", lookup_hit_batch_vck_prefetch_d4},
+        {"qht/lookup_hit_batch/vck_prefetch_d16", lookup_hit_batch_vck_prefetch_d16},
+    };
+    for (size_t i = 0; i < sizeof(batches) / sizeof(batches[0]); i++)
+        vck_bench_register(&(struct vck_bench_def){
+            .name = batches[i].name, .fn = batches[i].fn, .args = {1024, 4194304}, .n_args = 2});
 }

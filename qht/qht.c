@@ -359,6 +359,19 @@ void *vck_qht_lookup(const struct vck_qht *ht, const void *userp, uint32_t hash)
     return vck_qht_lookup_custom(ht, userp, hash, (vck_qht_lookup_fn *)ht->cmp);
 }
 
+/*
+ * Only the head bucket: it is the one certain miss of a lookup, and an overflow bucket's address
+ * is known only once the head has arrived. During a migration this is the old map's bucket,
+ * which a lookup reads first too (and leaves only if that bucket has already moved). Out of line,
+ * keeping the map private: an inline copy saved 0.2-0.3 ns per call on a 1K table, where the
+ * hint is useless anyway, and nothing measurable on a 4M one.
+ */
+void vck_qht_prefetch(const struct vck_qht *ht, uint32_t hash)
+{
+    const struct vck_qht_map *map = current_map(ht);
+    __builtin_prefetch(&map->buckets[hash & map->mask], 0, 3);
+}
+
 /* ---- writers ----------------------------------------------------------------------------- */
 
 /*

@@ -1084,6 +1084,68 @@ Test(qht, tables_side_by_side_are_independent)
     vck_rcu_unregister_thread();
 }
 
+/* ---- prefetch ---- */
+
+/*
+ * Prefetches, in one read-side section, the hashes of keys [first, last) and a few extremes,
+ * and checks that it called nothing and changed nothing a quiet table can show.
+ */
+static void prefetch_range(struct vck_qht *ht, uint64_t first, uint64_t last)
+{
+    static const uint32_t extremes[] = {0, 1, 0x80000000u, UINT32_MAX};
+    struct vck_qht_stats before = stats_of(ht);
+    unsigned long cmp_before = cmp_calls;
+    vck_rcu_read_lock();
+    for (size_t i = 0; i < sizeof(extremes) / sizeof(extremes[0]); i++)
+        vck_qht_prefetch(ht, extremes[i]);
+    for (uint64_t key = first; key < last; key++)
+        vck_qht_prefetch(ht, hash_of(key));
+    vck_rcu_read_unlock();
+    struct vck_qht_stats after = stats_of(ht);
+    cr_assert_eq(cmp_calls, cmp_before, "prefetch called the table's cmp");
+    cr_assert(memcmp(&before, &after, sizeof(before)) == 0, "prefetch changed the statistics");
+}
+
+static void prefetch_body(size_t n_elems, unsigned flags)
+{
+    enum { N = 3000 };
+    static const size_t resizes[] = {1, 100000, 3000};
+    struct obj *objs = objs_new(N, 0);
+    struct vck_qht ht;
+    vck_qht_init(&ht, obj_cmp, n_elems, flags);
+    prefetch_range(&ht, 0, 2 * N);
+    for (uint64_t key = 0; key < N; key++)
+        cr_assert_null(find(&ht, key, hash_of(key)), "empty table found key %" PRIu64, key);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert(vck_qht_insert(&ht, &objs[i], hash_of(i), NULL));
+        /* No statistics here: they finish the migration an auto-resize may have under way. */
+        vck_rcu_read_lock();
+        vck_qht_prefetch(&ht, hash_of(i));
+        vck_qht_prefetch(&ht, hash_of(i + N));
+        vck_rcu_read_unlock();
+        cr_assert_eq(find(&ht, i, hash_of(i)), &objs[i],
+                     "n_elems %zu flags %u: key %zu not found after prefetching it", n_elems, flags,
+                     i);
+        cr_assert_null(find(&ht, i + N, hash_of(i + N)));
+    }
+    for (size_t r = 0; r <= sizeof(resizes) / sizeof(resizes[0]); r++) {
+        prefetch_range(&ht, 0, 2 * N);
+        for (size_t i = 0; i < 2 * N; i++)
+            cr_assert_eq(find(&ht, i, hash_of(i)), i < N ? &objs[i] : NULL,
+                         "n_elems %zu flags %u: key %zu after prefetching", n_elems, flags, i);
+        cr_assert_eq(stats_of(&ht).entries, N);
+        if (r < sizeof(resizes) / sizeof(resizes[0]))
+            vck_qht_resize(&ht, resizes[r]);
+    }
+    vck_qht_destroy(&ht);
+    free(objs);
+}
+
+Test(qht, prefetch_is_only_a_hint)
+{
+    for_each_config(prefetch_body);
+}
+
 /* ---- hashes ---- */
 
 static int compare_u32(const void *a, const void *b)

@@ -102,6 +102,18 @@ void *vck_qht_lookup_custom(const struct vck_qht *ht, const void *userp, uint32_
                             vck_qht_lookup_fn *func);
 
 /**
+ * vck_qht_prefetch - start loading the bucket that a lookup of @hash would read first.
+ * For callers that know their next keys (a batch, the successors of a block): prefetch them
+ * all, then look them up, so that their cache misses overlap. Any registered thread, inside an
+ * RCU read-side section. Only a hint: reads the map pointer and issues one prefetch; never
+ * blocks, writes nothing, changes no result, and is wasted if the table is resized meanwhile.
+ * Worth it on tables larger than the caches: at 4M entries, prefetching batches of 8, 16 or 32
+ * keys cut the time per lookup by 22, 31 or 35%; at 1K entries (cache-resident) each call only
+ * adds 0.1 to 0.8 ns (qht/lookup_hit_batch in vck-bench).
+ */
+void vck_qht_prefetch(const struct vck_qht *ht, uint32_t hash);
+
+/**
  * vck_qht_remove - remove the entry whose pointer is @p (identity, not @cmp) under @hash.
  * Returns false if it was not in the table. Any registered thread; locks one bucket (and may
  * help a migration, as vck_qht_insert() does). Concurrent
