@@ -99,6 +99,14 @@ struct vck_mr {
     /* Containers: children in render order (priority descending, add_seq descending). */
     struct vck_mr **children;
     size_t n_children, cap_children;
+    /*
+     * The same children but for empty ones, by address, and how many neighbouring pairs of them
+     * overlap. With none, a render visits only the children that meet its window (binary search),
+     * already in address order; render order cannot matter where nothing overlaps.
+     */
+    struct vck_mr **by_addr;
+    size_t n_by_addr, cap_by_addr;
+    size_t overlaps;
 
     /* RAM. */
     void *host;
@@ -123,9 +131,10 @@ struct vck_mr {
      * commit after it was detached; 0 if it never was mapped).
      */
     uint64_t view_floor;
-    bool detach_pending;         /* detached in the open transaction */
-    bool destroyed;              /* destroyed in the open transaction, waiting for its commit */
-    struct vck_mr *next_pending; /* mm->detached or mm->destroyed_in_txn */
+    bool detach_pending;           /* detached in the open transaction */
+    bool destroyed;                /* destroyed in the open transaction, waiting for its commit */
+    struct vck_mr *next_detached;  /* on mm->detached */
+    struct vck_mr *next_destroyed; /* on mm->destroyed_in_txn: a region can be on both */
 
     vck_mr_release_fn *release;
     void *release_opaque;
@@ -144,8 +153,10 @@ struct vck_flatview {
     uint64_t retired; /* memmap-wide retirement number + 1; 0 while current */
     struct vck_memmap *mm;
     size_t n;
-    size_t bytes;                                     /* this allocation plus derived data */
+    size_t bytes;       /* this allocation plus derived data: pending-memory accounting */
+    size_t alloc_bytes; /* this allocation */
     struct vck_flatview *retired_prev, *retired_next; /* under mm->reclaim_lock */
+    struct vck_flatview *next_own;                    /* on mm->own_retired */
     struct vck_rcu_head rcu;
     struct derived_slot derived[VCK_FLATVIEW_DERIVED_MAX];
     struct vck_flat_range ranges[];
@@ -170,6 +181,35 @@ struct vck_as {
     struct vck_rcu_head rcu;
 };
 
+struct candidate {
+    u128 lo, hi; /* clipped, in the root's coordinates */
+    s128 base;   /* root address of the region's offset 0 */
+    struct vck_mr *mr;
+    size_t rank; /* emission order: lower wins where candidates overlap */
+    bool readonly;
+};
+
+struct candidates {
+    struct candidate *v;
+    size_t n, cap;
+};
+
+struct ranges {
+    struct vck_flat_range *v;
+    size_t n, cap;
+};
+
+/* A min-heap of indices into the sorted candidates, ordered by the candidates' rank. */
+struct heap {
+    size_t *v;
+    size_t n, cap;
+};
+
+struct render_scratch {
+    struct candidates cands;
+    struct heap heap;
+};
+
 struct vck_memmap {
     pthread_mutex_t lock; /* the writer lock, recursive */
     unsigned depth;       /* transaction nesting */
@@ -182,11 +222,16 @@ struct vck_memmap {
     struct vck_mr *detached;         /* regions detached in the open transaction */
     struct vck_mr *destroyed_in_txn; /* terminal regions destroyed before their detach committed */
     struct vck_memmap_stats stats;   /* writer-owned fields; the atomics below for the rest */
+    struct render_scratch scratch;   /* reused by every render */
+    struct ranges out;
+    struct vck_flatview *own_retired; /* views the writer dropped last: reclaimed at its unlock */
+    _Atomic uint64_t reclaim_waits;
 
     pthread_mutex_t reclaim_lock;
     uint64_t next_retired; /* the rest is under reclaim_lock too */
     struct vck_flatview *retired_head, *retired_tail;
-    struct vck_mr *zombies;
+    struct vck_mr **zombies; /* a min-heap on view_floor */
+    size_t n_zombies, cap_zombies;
     struct vck_flatview *quarantine[QUARANTINE_VIEWS];
     unsigned quarantine_next;
     _Atomic uint64_t views_live;
@@ -336,24 +381,6 @@ static void mark_region(struct vck_mr *mr)
 
 /* ---- rendering --------------------------------------------------------------------------- */
 
-struct candidate {
-    u128 lo, hi; /* clipped, in the root's coordinates */
-    s128 base;   /* root address of the region's offset 0 */
-    struct vck_mr *mr;
-    size_t rank; /* emission order: lower wins where candidates overlap */
-    bool readonly;
-};
-
-struct candidates {
-    struct candidate *v;
-    size_t n, cap;
-};
-
-struct ranges {
-    struct vck_flat_range *v;
-    size_t n, cap;
-};
-
 static void collect(struct candidates *c, struct vck_mr *mr, s128 base, u128 clip_lo, u128 clip_hi,
                     bool readonly)
 {
@@ -382,6 +409,24 @@ static void collect(struct candidates *c, struct vck_mr *mr, s128 base, u128 cli
         collect(c, mr->target, base - (s128)mr->alias_offset, lo, hi, readonly);
         break;
     case VCK_MR_CONTAINER:
+        if (mr->overlaps == 0) {
+            /* The window in the container's coordinates; children's ends ascend with them. */
+            s128 from = (s128)lo - base;
+            u128 local_lo = from > 0 ? (u128)from : 0, local_hi = (u128)((s128)hi - base);
+            size_t a = 0, b = mr->n_by_addr;
+            while (a < b) {
+                size_t mid = a + (b - a) / 2;
+                if ((u128)mr->by_addr[mid]->addr + mr->by_addr[mid]->size <= local_lo)
+                    a = mid + 1;
+                else
+                    b = mid;
+            }
+            for (size_t i = a; i < mr->n_by_addr && mr->by_addr[i]->addr < local_hi; i++) {
+                struct vck_mr *child = mr->by_addr[i];
+                collect(c, child, base + (s128)child->addr, lo, hi, readonly);
+            }
+            break;
+        }
         for (size_t i = 0; i < mr->n_children; i++) {
             struct vck_mr *child = mr->children[i];
             collect(c, child, base + (s128)child->addr, lo, hi, readonly);
@@ -403,8 +448,9 @@ static void ranges_reserve(struct ranges *r, size_t more)
 
 static bool ranges_mergeable(const struct vck_flat_range *a, const struct vck_flat_range *b)
 {
+    /* In 128 bits: offsets continue each other only if they do not wrap past 2^64. */
     return a->mr == b->mr && a->readonly == b->readonly && a->last != UINT64_MAX &&
-           a->last + 1 == b->start && a->offset + (a->last - a->start + 1) == b->offset;
+           a->last + 1 == b->start && (u128)a->offset + (a->last - a->start) + 1 == (u128)b->offset;
 }
 
 /* Append [lo, hi) of @mr (whose offset 0 is at @base), merging with the last range if it fits. */
@@ -433,12 +479,6 @@ static int candidate_cmp(const void *a, const void *b)
         return x->lo < y->lo ? -1 : 1;
     return x->rank < y->rank ? -1 : x->rank > y->rank;
 }
-
-/* A min-heap of indices into the sorted candidates, ordered by the candidates' rank. */
-struct heap {
-    size_t *v;
-    size_t n, cap;
-};
 
 static void heap_push(struct heap *h, const struct candidate *c, size_t x)
 {
@@ -471,11 +511,6 @@ static void heap_pop(struct heap *h, const struct candidate *c)
     if (h->n)
         h->v[i] = x;
 }
-
-struct render_scratch {
-    struct candidates cands;
-    struct heap heap;
-};
 
 /* Resolve the collected candidates into @out (appending, merging at the seam). */
 static void resolve(struct render_scratch *s, struct ranges *out)
@@ -523,12 +558,6 @@ static void render_window(struct render_scratch *s, struct vck_mr *root, u128 lo
     s->cands.n = 0;
     collect(&s->cands, root, 0, lo, hi, false);
     resolve(s, out);
-}
-
-static void scratch_free(struct render_scratch *s)
-{
-    free(s->cands.v);
-    free(s->heap.v);
 }
 
 static u128 root_extent(const struct vck_as *as)
@@ -579,9 +608,7 @@ static void copy_old(struct ranges *out, const struct vck_flatview *old, u128 lo
         return;
     size_t i = first_ending_at_or_after(old, lo);
     /* The first and last pieces may be cut and may merge at the seams; the rest is verbatim. */
-    size_t j = i;
-    while (j < old->n && (u128)old->ranges[j].last < hi)
-        j++;
+    size_t j = first_ending_at_or_after(old, hi);
     /* Ranges i .. j-1 end inside [lo, hi); range j (if it starts before hi) is cut at hi. */
     if (i < j) {
         const struct vck_flat_range *r = &old->ranges[i];
@@ -613,6 +640,7 @@ static struct vck_flatview *view_alloc(struct vck_memmap *mm, const struct range
     v->mm = mm;
     v->n = r->n;
     v->bytes = bytes;
+    v->alloc_bytes = bytes;
     if (r->n)
         memcpy(v->ranges, r->v, r->n * sizeof(*r->v));
     atomic_fetch_add_explicit(&mm->views_live, 1, memory_order_relaxed);
@@ -635,20 +663,49 @@ static void view_retire(struct vck_memmap *mm, struct vck_flatview *v)
 
 static void region_free(struct vck_mr *mr);
 
-/* Zombies no live view can name any more. Reclaim lock held; they are unlinked onto @out. */
+static void zombie_push__reclaim_locked(struct vck_memmap *mm, struct vck_mr *z)
+{
+    if (mm->n_zombies == mm->cap_zombies) {
+        mm->cap_zombies = mm->cap_zombies ? 2 * mm->cap_zombies : 16;
+        mm->zombies = xrealloc_array(mm->zombies, mm->cap_zombies, sizeof(*mm->zombies));
+    }
+    size_t i = mm->n_zombies++;
+    while (i && mm->zombies[(i - 1) / 2]->view_floor > z->view_floor) {
+        mm->zombies[i] = mm->zombies[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    mm->zombies[i] = z;
+}
+
+static struct vck_mr *zombie_pop__reclaim_locked(struct vck_memmap *mm)
+{
+    struct vck_mr *top = mm->zombies[0], *last = mm->zombies[--mm->n_zombies];
+    size_t i = 0;
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= mm->n_zombies)
+            break;
+        if (child + 1 < mm->n_zombies &&
+            mm->zombies[child + 1]->view_floor < mm->zombies[child]->view_floor)
+            child++;
+        if (mm->zombies[child]->view_floor >= last->view_floor)
+            break;
+        mm->zombies[i] = mm->zombies[child];
+        i = child;
+    }
+    if (mm->n_zombies)
+        mm->zombies[i] = last;
+    return top;
+}
+
+/* Zombies no retired view can name any more. Reclaim lock held; they are moved onto @out. */
 static void reap_zombies__reclaim_locked(struct vck_memmap *mm, struct vck_mr **out)
 {
     uint64_t oldest = mm->retired_head ? mm->retired_head->retired - 1 : UINT64_MAX;
-    struct vck_mr **link = &mm->zombies;
-    while (*link) {
-        struct vck_mr *z = *link;
-        if (z->view_floor <= oldest) {
-            *link = z->next_zombie;
-            z->next_zombie = *out;
-            *out = z;
-        } else {
-            link = &z->next_zombie;
-        }
+    while (mm->n_zombies && mm->zombies[0]->view_floor <= oldest) {
+        struct vck_mr *z = zombie_pop__reclaim_locked(mm);
+        z->next_zombie = *out;
+        *out = z;
     }
 }
 
@@ -683,9 +740,8 @@ static void view_reclaim(struct vck_flatview *v)
         mm->retired_tail = v->retired_prev;
     atomic_fetch_sub_explicit(&mm->pending_bytes, v->bytes, memory_order_relaxed);
     atomic_fetch_sub_explicit(&mm->views_live, 1, memory_order_relaxed);
-    size_t bytes = v->bytes;
     if (mm->flags & VCK_MEMMAP_QUARANTINE) {
-        memset(v, VCK_FLATVIEW_POISON, bytes);
+        memset(v, VCK_FLATVIEW_POISON, v->alloc_bytes);
         evicted = mm->quarantine[mm->quarantine_next];
         mm->quarantine[mm->quarantine_next] = v;
         mm->quarantine_next = (mm->quarantine_next + 1) % QUARANTINE_VIEWS;
@@ -711,6 +767,16 @@ static void note_pending(struct vck_memmap *mm, size_t bytes)
            !atomic_compare_exchange_weak_explicit(&mm->peak_pending_bytes, &peak, now,
                                                   memory_order_relaxed, memory_order_relaxed)) {
     }
+}
+
+/* The writer drops a reference; a last one is reclaimed when the writer unlocks. */
+static void unref_by_writer__locked(struct vck_memmap *mm, struct vck_flatview *v)
+{
+    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    note_pending(mm, v->bytes);
+    v->next_own = mm->own_retired;
+    mm->own_retired = v;
 }
 
 void vck_flatview_ref(const struct vck_flatview *view)
@@ -779,8 +845,8 @@ void *vck_flatview_derived(const struct vck_flatview *view, int slot)
 {
     if (slot < 0 || slot >= VCK_FLATVIEW_DERIVED_MAX)
         fatal("vck_flatview_derived: no slot %d", slot);
-    /* Pairs with the release in vck_as_add_builder() (publication covers the rest). */
-    return __atomic_load_n(&view->derived[slot].data, __ATOMIC_ACQUIRE);
+    /* Built before the view was published: its publication orders it. */
+    return view->derived[slot].data;
 }
 
 #ifndef NDEBUG
@@ -876,8 +942,8 @@ static void listeners_commit(struct vck_as *as, const struct vck_flatview *view)
             l->commit(l, view);
 }
 
-/* Build derived data, tell listeners, publish @v as @as's view, drop the old one. */
-static void publish__locked(struct vck_as *as, struct vck_flatview *v)
+/* Build derived data, tell listeners (if @notify), publish @v as @as's view, drop the old one. */
+static void publish__locked(struct vck_as *as, struct vck_flatview *v, bool notify)
 {
     struct vck_memmap *mm = as->mm;
     struct vck_flatview *old = as->view;
@@ -895,21 +961,22 @@ static void publish__locked(struct vck_as *as, struct vck_flatview *v)
         };
         v->bytes += bytes;
     }
-    if (as->listeners) {
+    notify = notify && as->listeners;
+    if (notify) {
         listeners_begin(as);
         diff_pass(as, old, v, PASS_DEL);
         diff_pass(as, old, v, PASS_ADD);
     }
     /* Pairs with the acquire in vck_as_view(): readers see the view and its derived data. */
     vck_rcu_assign_pointer(as->view, v);
-    if (as->listeners)
+    if (notify)
         listeners_commit(as, v);
     mm->in_callbacks = false;
 
     mm->stats.views_published++;
     if (old) {
         view_retire(mm, old);
-        vck_flatview_unref(old);
+        unref_by_writer__locked(mm, old);
     }
 }
 
@@ -944,7 +1011,7 @@ static void settle_detached__locked(struct vck_memmap *mm)
     pthread_mutex_unlock(&mm->reclaim_lock);
     while (mm->detached) {
         struct vck_mr *mr = mm->detached;
-        mm->detached = mr->next_pending;
+        mm->detached = mr->next_detached;
         mr->detach_pending = false;
         mr->view_floor = floor;
     }
@@ -954,25 +1021,57 @@ static void make_zombie(struct vck_mr *mr);
 
 static void commit__locked(struct vck_memmap *mm)
 {
-    struct render_scratch scratch = {0};
-    struct ranges out = {0};
     for (struct vck_as *as = mm->spaces; as; as = as->next) {
         if (!as->dirty_full && !as->n_dirty)
             continue;
-        render_as__locked(as, &scratch, &out);
-        if (views_equal(as->view, &out))
+        render_as__locked(as, &mm->scratch, &mm->out);
+        if (views_equal(as->view, &mm->out))
             continue;
-        publish__locked(as, view_alloc(mm, &out));
+        publish__locked(as, view_alloc(mm, &mm->out), true);
     }
-    scratch_free(&scratch);
-    free(out.v);
     mm->stats.commits++;
 
     settle_detached__locked(mm);
     while (mm->destroyed_in_txn) {
         struct vck_mr *mr = mm->destroyed_in_txn;
-        mm->destroyed_in_txn = mr->next_pending;
+        mm->destroyed_in_txn = mr->next_destroyed;
         make_zombie(mr);
+    }
+}
+
+/*
+ * Views the writer itself dropped (the ones its commits replaced). Normally they go to
+ * liburcu's callback thread. Past the pending limit, and outside a read-side section, the
+ * writer waits for one grace period and frees them itself: liburcu's callback thread sleeps
+ * 10 ms between batches, so waiting on it (vck_rcu_barrier) capped a commit storm at a few
+ * megabytes per 10 ms. Only if views queued by readers keep the total over the limit does it
+ * wait for those too. Called after unlocking: a reader blocked on the writer lock inside its
+ * section would otherwise keep the grace period from ending.
+ */
+static void reclaim_own(struct vck_memmap *mm, struct vck_flatview *list)
+{
+    bool can_wait = !vck_rcu_read_ongoing();
+    bool over = atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed) > mm->pending_limit;
+    if (list && can_wait && over) {
+        vck_rcu_synchronize();
+        atomic_fetch_add_explicit(&mm->reclaim_waits, 1, memory_order_relaxed);
+    }
+    while (list) {
+        struct vck_flatview *v = list;
+        list = v->next_own;
+#ifdef VCK_MEMMAP_BROKEN_NO_GRACE
+        view_reclaim(v);
+#else
+        if (can_wait && over)
+            view_reclaim(v);
+        else
+            vck_rcu_call(&v->rcu, view_reclaim_rcu);
+#endif
+    }
+    if (can_wait &&
+        atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed) > mm->pending_limit) {
+        vck_rcu_barrier();
+        atomic_fetch_add_explicit(&mm->reclaim_waits, 1, memory_order_relaxed);
     }
 }
 
@@ -983,18 +1082,14 @@ static void writer_leave(struct vck_memmap *mm)
     bool outermost = --mm->depth == 0;
     if (outermost)
         commit__locked(mm);
-    pthread_mutex_unlock(&mm->lock);
-    /*
-     * Throttle a storm of commits, after unlocking: a reader blocked on the writer lock inside
-     * its section would otherwise keep the grace period we wait for from ending.
-     */
-    if (outermost && !vck_rcu_read_ongoing() &&
-        atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed) > mm->pending_limit) {
-        vck_rcu_barrier();
-        pthread_mutex_lock(&mm->lock);
-        mm->stats.reclaim_waits++;
-        pthread_mutex_unlock(&mm->lock);
+    struct vck_flatview *retired = NULL;
+    if (outermost) {
+        retired = mm->own_retired;
+        mm->own_retired = NULL;
     }
+    pthread_mutex_unlock(&mm->lock);
+    if (outermost)
+        reclaim_own(mm, retired);
 }
 
 /* ---- the memmap -------------------------------------------------------------------------- */
@@ -1032,7 +1127,12 @@ void vck_memmap_free(struct vck_memmap *mm)
         fatal("vck_memmap_free: a view is still referenced (vck_as_view_get without unref?)");
     for (unsigned i = 0; i < QUARANTINE_VIEWS; i++)
         free(mm->quarantine[i]);
-    free_regions(mm->zombies);
+    for (size_t i = 0; i < mm->n_zombies; i++)
+        region_free(mm->zombies[i]);
+    free(mm->zombies);
+    free(mm->scratch.cands.v);
+    free(mm->scratch.heap.v);
+    free(mm->out.v);
     pthread_mutex_destroy(&mm->lock);
     pthread_mutex_destroy(&mm->reclaim_lock);
     free(mm);
@@ -1044,6 +1144,7 @@ void vck_memmap_get_stats(struct vck_memmap *mm, struct vck_memmap_stats *st)
     *st = mm->stats;
     pthread_mutex_unlock(&mm->lock);
     st->views_live = atomic_load_explicit(&mm->views_live, memory_order_relaxed);
+    st->reclaim_waits = atomic_load_explicit(&mm->reclaim_waits, memory_order_relaxed);
     st->pending_bytes = atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed);
     st->peak_pending_bytes = atomic_load_explicit(&mm->peak_pending_bytes, memory_order_relaxed);
 }
@@ -1208,6 +1309,7 @@ static void region_free(struct vck_mr *mr)
     if (mr->mapped_bytes)
         munmap(mr->host, mr->mapped_bytes);
     free(mr->children);
+    free(mr->by_addr);
     free(mr->alias_users);
     free(mr->name);
     free(mr);
@@ -1222,7 +1324,7 @@ static void note_detached(struct vck_mr *mr)
     if (!is_terminal(mr) || mr->detach_pending)
         return;
     mr->detach_pending = true;
-    mr->next_pending = mr->mm->detached;
+    mr->next_detached = mr->mm->detached;
     mr->mm->detached = mr;
 }
 
@@ -1231,8 +1333,7 @@ static void make_zombie(struct vck_mr *mr)
     struct vck_memmap *mm = mr->mm;
     struct vck_mr *reaped = NULL;
     pthread_mutex_lock(&mm->reclaim_lock);
-    mr->next_zombie = mm->zombies;
-    mm->zombies = mr;
+    zombie_push__reclaim_locked(mm, mr);
     reap_zombies__reclaim_locked(mm, &reaped);
     pthread_mutex_unlock(&mm->reclaim_lock);
     free_regions(reaped);
@@ -1263,7 +1364,7 @@ void vck_mr_destroy(struct vck_mr *mr)
     } else if (mr->detach_pending) {
         /* Its detach commits with this transaction: the floor is known only then. */
         mr->destroyed = true;
-        mr->next_pending = mm->destroyed_in_txn;
+        mr->next_destroyed = mm->destroyed_in_txn;
         mm->destroyed_in_txn = mr;
     } else {
         make_zombie(mr);
@@ -1316,6 +1417,70 @@ static void children_remove(struct vck_mr *c, struct vck_mr *sub)
     c->n_children--;
 }
 
+static bool addr_before(const struct vck_mr *a, const struct vck_mr *b)
+{
+    if (a->addr != b->addr)
+        return a->addr < b->addr;
+    return (uintptr_t)a < (uintptr_t)b;
+}
+
+/* Does by_addr[i] overlap by_addr[i + 1]? */
+static size_t pair_overlaps(const struct vck_mr *c, size_t i)
+{
+    return i + 1 < c->n_by_addr &&
+           (u128)c->by_addr[i]->addr + c->by_addr[i]->size > c->by_addr[i + 1]->addr;
+}
+
+static size_t by_addr_position(const struct vck_mr *c, const struct vck_mr *sub)
+{
+    size_t lo = 0, hi = c->n_by_addr;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (addr_before(c->by_addr[mid], sub))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Enter @sub, with its current address and size, in @c's address index. */
+static void by_addr_insert(struct vck_mr *c, struct vck_mr *sub)
+{
+    if (sub->size == 0)
+        return;
+    size_t i = by_addr_position(c, sub);
+    if (i > 0)
+        c->overlaps -= pair_overlaps(c, i - 1);
+    if (c->n_by_addr == c->cap_by_addr) {
+        c->cap_by_addr = c->cap_by_addr ? 2 * c->cap_by_addr : 4;
+        c->by_addr = xrealloc_array(c->by_addr, c->cap_by_addr, sizeof(*c->by_addr));
+    }
+    memmove(c->by_addr + i + 1, c->by_addr + i, (c->n_by_addr - i) * sizeof(*c->by_addr));
+    c->by_addr[i] = sub;
+    c->n_by_addr++;
+    if (i > 0)
+        c->overlaps += pair_overlaps(c, i - 1);
+    c->overlaps += pair_overlaps(c, i);
+}
+
+/* Take @sub, with the address and size it was entered with, out of @c's address index. */
+static void by_addr_remove(struct vck_mr *c, struct vck_mr *sub)
+{
+    if (sub->size == 0)
+        return;
+    size_t i = by_addr_position(c, sub);
+    if (i == c->n_by_addr || c->by_addr[i] != sub)
+        fatal("internal: '%s' missing from the address index of '%s'", sub->name, c->name);
+    if (i > 0)
+        c->overlaps -= pair_overlaps(c, i - 1);
+    c->overlaps -= pair_overlaps(c, i);
+    memmove(c->by_addr + i, c->by_addr + i + 1, (c->n_by_addr - i - 1) * sizeof(*c->by_addr));
+    c->n_by_addr--;
+    if (i > 0)
+        c->overlaps += pair_overlaps(c, i - 1);
+}
+
 void vck_mr_add_subregion(struct vck_mr *container, uint64_t addr, struct vck_mr *sub, int priority)
 {
     struct vck_memmap *mm = container->mm;
@@ -1335,6 +1500,7 @@ void vck_mr_add_subregion(struct vck_mr *container, uint64_t addr, struct vck_mr
     sub->priority = priority;
     sub->add_seq = ++mm->next_add_seq;
     children_insert(container, sub);
+    by_addr_insert(container, sub);
     mark_region(sub);
     writer_leave(mm);
 }
@@ -1353,6 +1519,7 @@ void vck_mr_del_subregion(struct vck_mr *container, struct vck_mr *sub)
         fatal("vck_mr_del_subregion: '%s' is not mapped in '%s'", sub->name, container->name);
     mark_region(sub);
     children_remove(container, sub);
+    by_addr_remove(container, sub);
     sub->parent = NULL;
     sub->addr = 0;
     note_detached(sub);
@@ -1366,7 +1533,9 @@ void vck_mr_set_address(struct vck_mr *sub, uint64_t addr)
     check_mapped(sub, "vck_mr_set_address");
     if (sub->addr != addr) {
         mark_region(sub);
+        by_addr_remove(sub->parent, sub);
         sub->addr = addr;
+        by_addr_insert(sub->parent, sub);
         mark_region(sub);
     }
     writer_leave(mm);
@@ -1396,7 +1565,11 @@ void vck_mr_set_size(struct vck_mr *mr, uint64_t size)
               (unsigned long long)mr->capacity);
     if (mr->size != new_size) {
         mark_region(mr);
+        if (mr->parent)
+            by_addr_remove(mr->parent, mr);
         mr->size = new_size;
+        if (mr->parent)
+            by_addr_insert(mr->parent, mr);
         mark_region(mr);
         /* Views cut to the new size still name the region; nothing to settle. */
     }
@@ -1525,13 +1698,9 @@ struct vck_as *vck_as_new(struct vck_memmap *mm, const char *name, struct vck_mr
         mm->spaces->prev = as;
     mm->spaces = as;
     /* The first view is published at once, even inside a transaction: vck_as_view never fails. */
-    struct render_scratch scratch = {0};
-    struct ranges out = {0};
     as->dirty_full = true;
-    render_as__locked(as, &scratch, &out);
-    publish__locked(as, view_alloc(mm, &out));
-    scratch_free(&scratch);
-    free(out.v);
+    render_as__locked(as, &mm->scratch, &mm->out);
+    publish__locked(as, view_alloc(mm, &mm->out), true);
     writer_leave(mm);
     return as;
 }
@@ -1588,16 +1757,10 @@ int vck_as_add_builder(struct vck_as *as, const struct vck_view_builder *b)
         fatal("vck_as_add_builder '%s': all %d slots taken", as->name, VCK_FLATVIEW_DERIVED_MAX);
     int slot = as->n_builders++;
     as->builders[slot] = *b;
-    struct vck_flatview *v = as->view;
-    size_t bytes = 0;
-    mm->in_callbacks = true;
-    void *data = b->build(b->opaque, v, NULL, NULL, &bytes);
-    mm->in_callbacks = false;
-    v->derived[slot].free = b->free;
-    v->derived[slot].opaque = b->opaque;
-    v->bytes += bytes;
-    /* Pairs with the acquire in vck_flatview_derived(). */
-    __atomic_store_n(&v->derived[slot].data, data, __ATOMIC_RELEASE);
+    /* Views never change once published: publish the same ranges again, with every builder's data.
+     */
+    struct ranges same = {.v = as->view->ranges, .n = as->view->n};
+    publish__locked(as, view_alloc(mm, &same), false);
     writer_leave(mm);
     return slot;
 }
