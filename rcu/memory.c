@@ -754,11 +754,6 @@ static void view_reclaim(struct vck_flatview *v)
     free_regions(reaped);
 }
 
-static void view_reclaim_rcu(struct vck_rcu_head *head)
-{
-    view_reclaim(caa_container_of(head, struct vck_flatview, rcu));
-}
-
 static void note_pending(struct vck_memmap *mm, size_t bytes)
 {
     size_t now = atomic_fetch_add_explicit(&mm->pending_bytes, bytes, memory_order_relaxed) + bytes;
@@ -779,10 +774,32 @@ static void unref_by_writer__locked(struct vck_memmap *mm, struct vck_flatview *
     mm->own_retired = v;
 }
 
-void vck_flatview_ref(const struct vck_flatview *view)
+bool vck_flatview_ref(const struct vck_flatview *view)
 {
     struct vck_flatview *v = (struct vck_flatview *)view;
-    atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+    unsigned long refs = atomic_load_explicit(&v->refs, memory_order_relaxed);
+    /* Zero: the last reference went and the view is queued for reclamation; it stays dead. */
+    while (refs && !atomic_compare_exchange_weak_explicit(
+                       &v->refs, &refs, refs + 1, memory_order_acquire, memory_order_relaxed)) {
+    }
+    return refs != 0;
+}
+
+#ifndef VCK_MEMMAP_BROKEN_NO_GRACE
+static void view_reclaim_rcu(struct vck_rcu_head *head)
+{
+    view_reclaim(caa_container_of(head, struct vck_flatview, rcu));
+}
+#endif
+
+/* Reclaim @v after a grace period (the broken twin: at once). */
+static void reclaim_after_grace(struct vck_flatview *v)
+{
+#ifdef VCK_MEMMAP_BROKEN_NO_GRACE
+    view_reclaim(v);
+#else
+    vck_rcu_call(&v->rcu, view_reclaim_rcu);
+#endif
 }
 
 void vck_flatview_unref(const struct vck_flatview *view)
@@ -792,11 +809,7 @@ void vck_flatview_unref(const struct vck_flatview *view)
     if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) != 1)
         return;
     note_pending(v->mm, v->bytes);
-#ifdef VCK_MEMMAP_BROKEN_NO_GRACE
-    view_reclaim(v);
-#else
-    vck_rcu_call(&v->rcu, view_reclaim_rcu);
-#endif
+    reclaim_after_grace(v);
 }
 
 const struct vck_flatview *vck_as_view(const struct vck_as *as)
@@ -1059,14 +1072,10 @@ static void reclaim_own(struct vck_memmap *mm, struct vck_flatview *list)
     while (list) {
         struct vck_flatview *v = list;
         list = v->next_own;
-#ifdef VCK_MEMMAP_BROKEN_NO_GRACE
-        view_reclaim(v);
-#else
         if (can_wait && over)
             view_reclaim(v);
         else
-            vck_rcu_call(&v->rcu, view_reclaim_rcu);
-#endif
+            reclaim_after_grace(v);
     }
     if (can_wait &&
         atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed) > mm->pending_limit) {

@@ -25,8 +25,14 @@
 
 #include <vcpukit/rcu.h>
 
+#if defined(VCK_RCU_FLAVOR_QSBR)
+__thread unsigned vck_rcu_qsbr_depth;
+#endif
+
 #ifdef VCK_RCU_TSAN_EDGES
 char vck_rcu_tsan_domain;
+/* Released after every callback, acquired when vck_rcu_barrier() returns. */
+static char tsan_callbacks_done;
 #endif
 
 const char *vck_rcu_flavor_name(void)
@@ -66,6 +72,7 @@ static void callback_trampoline(struct rcu_head *urcu)
     VCK_TSAN_ACQUIRE(head);                 /* pairs with vck_rcu_call() */
     VCK_TSAN_ACQUIRE(&vck_rcu_tsan_domain); /* pairs with vck_rcu_read_unlock() */
     head->u.func(head);
+    VCK_TSAN_RELEASE(&tsan_callbacks_done); /* pairs with vck_rcu_barrier() */
 }
 
 static void free_trampoline(struct rcu_head *urcu)
@@ -75,6 +82,7 @@ static void free_trampoline(struct rcu_head *urcu)
     VCK_TSAN_ACQUIRE(head);
     VCK_TSAN_ACQUIRE(&vck_rcu_tsan_domain);
     free((char *)head - head->u.free_offset);
+    VCK_TSAN_RELEASE(&tsan_callbacks_done);
 }
 
 static void queue(struct vck_rcu_head *head, void (*trampoline)(struct rcu_head *))
@@ -104,5 +112,7 @@ void vck_rcu_barrier(void)
 {
 #ifndef VCK_RCU_BROKEN_GRACE_PERIOD
     VCK_URCU_(barrier)();
+    /* Whatever the callbacks did happens-before the return (pairs with the trampolines). */
+    VCK_TSAN_ACQUIRE(&tsan_callbacks_done);
 #endif
 }

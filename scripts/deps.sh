@@ -13,6 +13,8 @@ packages=(
     libcriterion-dev libbenchmark-dev
     # clang for the asan preset, and (with lld) for RISC-V guest programs
     clang lld libclang-rt-14-dev
+    # the harness: ELF loading, and QEMU as the reference for guest programs' output
+    libelf-dev qemu-system-misc
 )
 
 missing=()

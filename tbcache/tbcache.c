@@ -229,12 +229,11 @@ static struct page_desc *page_find(struct vck_tb_cache *c, uint64_t page, bool a
                 leaf_free(fresh);
             }
         }
-        unsigned shift = LEAF_BITS + (level - 1) * INNER_BITS;
-        if (level > 1) {
-            slot = &((_Atomic(void *) *)node)[(page >> shift) & ((1u << INNER_BITS) - 1)];
-        } else {
+        if (level == 1)
             return &((struct page_desc *)node)[page & ((1u << LEAF_BITS) - 1)];
-        }
+        /* An inner node at @level indexes the bits just above its children's span. */
+        unsigned shift = LEAF_BITS + (level - 2) * INNER_BITS;
+        slot = &((_Atomic(void *) *)node)[(page >> shift) & ((1u << INNER_BITS) - 1)];
     }
     fatal("internal: page radix has no levels");
 }

@@ -135,8 +135,19 @@ void vck_rcu_unregister_thread(void);
  * A registered thread. Never blocks; memb: a thread-local load and store and a compiler barrier
  * (no fence), qsbr: nothing, mb: a full fence. See bench/README.md for measured costs.
  */
+#if defined(VCK_RCU_FLAVOR_QSBR)
+/*
+ * qsbr's sections are empty, so liburcu cannot tell a thread inside one from a thread that is
+ * merely online; the layer counts sections itself (for vck_rcu_read_ongoing) in qsbr builds.
+ */
+extern __thread unsigned vck_rcu_qsbr_depth;
+#endif
+
 static inline void vck_rcu_read_lock(void)
 {
+#if defined(VCK_RCU_FLAVOR_QSBR)
+    vck_rcu_qsbr_depth++;
+#endif
     VCK_URCU_(read_lock)();
 }
 
@@ -152,15 +163,22 @@ static inline void vck_rcu_read_unlock(void)
     VCK_TSAN_RELEASE(&vck_rcu_tsan_domain);
 #endif
     VCK_URCU_(read_unlock)();
+#if defined(VCK_RCU_FLAVOR_QSBR)
+    vck_rcu_qsbr_depth--;
+#endif
 }
 
 /**
- * vck_rcu_read_ongoing - true inside a read-side section (for assertions).
- * A registered thread. qsbr builds cannot tell and answer true when the thread is online.
+ * vck_rcu_read_ongoing - true inside a read-side section (for assertions, and for code that
+ * must not wait for a grace period from inside one). A registered thread.
  */
 static inline bool vck_rcu_read_ongoing(void)
 {
+#if defined(VCK_RCU_FLAVOR_QSBR)
+    return vck_rcu_qsbr_depth != 0;
+#else
     return VCK_URCU_(read_ongoing)() != 0;
+#endif
 }
 
 /**
@@ -519,8 +537,14 @@ const struct vck_flatview *vck_as_view(const struct vck_as *as);
  */
 const struct vck_flatview *vck_as_view_get(const struct vck_as *as);
 
-/** vck_flatview_ref - another reference on a view the caller holds (or reads in a section). */
-void vck_flatview_ref(const struct vck_flatview *view);
+/**
+ * vck_flatview_ref - another reference on a view the caller holds a reference to, or reads
+ * inside a read-side section. Returns false, taking nothing, when the view is already on its
+ * way to reclamation (replaced, every reference dropped): only possible for a view read in a
+ * section, which may still be used until the section ends; take the current one with
+ * vck_as_view_get() instead. A compare-and-swap on the view's count.
+ */
+bool vck_flatview_ref(const struct vck_flatview *view);
 
 /**
  * vck_flatview_unref - drop a reference; the last one queues the view for reclamation after a
