@@ -64,6 +64,12 @@ struct page_desc {
     uintptr_t blocks; /* tagged list, under lock */
     _Atomic uint32_t gen;
     _Atomic bool has_code;
+    /*
+     * Offsets in the page covered by some block on it, as (first << 32 | last + 1), 0 when the
+     * list is empty; grows under the lock, reset when the list empties. Lets an invalidation of
+     * bytes no block covers (data sharing a page with code) skip every lock.
+     */
+    _Atomic uint64_t extent;
 };
 
 struct tb_table {
@@ -340,6 +346,45 @@ static bool tb_spans(const struct vck_tb_cache *c, const struct vck_tb *tb)
            page_of(c, tb->phys_page2) != page_of(c, tb->phys_pc);
 }
 
+/*
+ * The guest bytes of @tb, as one or two parts: [phys_pc, ...] up to its page's end, then from
+ * the start of phys_page2 (which may be the very same physical page). Returns how many.
+ */
+static unsigned tb_parts(const struct vck_tb_cache *c, const struct vck_tb *tb, uint64_t first[2],
+                         uint64_t last[2])
+{
+    uint64_t page_size = (uint64_t)1 << c->opts.page_bits;
+    uint64_t room = page_size - (tb->phys_pc & (page_size - 1));
+    uint64_t len0 = room < tb->size ? room : tb->size;
+    first[0] = tb->phys_pc;
+    last[0] = tb->phys_pc + len0 - 1;
+    if (tb->phys_page2 == VCK_TB_NO_PAGE2 || len0 == tb->size)
+        return 1;
+    first[1] = tb->phys_page2 & ~(page_size - 1);
+    last[1] = first[1] + (tb->size - len0) - 1;
+    return 2;
+}
+
+/*
+ * Widen @pd's extent (page @page) to the bytes of @tb on it; returns the previous extent.
+ * seq_cst: vck_tb_add() reads the generations after this (see vck_tb_invalidate_range).
+ */
+static uint64_t extent_grow__locked(const struct vck_tb_cache *c, struct page_desc *pd,
+                                    uint64_t page, const struct vck_tb *tb)
+{
+    uint64_t first[2], last[2], old = atomic_load_explicit(&pd->extent, memory_order_relaxed);
+    uint64_t lo = old ? old >> 32 : UINT64_MAX, hi = old ? (old & 0xffffffffu) - 1 : 0;
+    const uint64_t mask = ((uint64_t)1 << c->opts.page_bits) - 1;
+    for (unsigned i = 0, n = tb_parts(c, tb, first, last); i < n; i++) {
+        if (page_of(c, first[i]) != page)
+            continue;
+        lo = (first[i] & mask) < lo ? first[i] & mask : lo;
+        hi = (last[i] & mask) > hi ? last[i] & mask : hi;
+    }
+    atomic_store_explicit(&pd->extent, lo << 32 | (hi + 1), memory_order_seq_cst);
+    return old;
+}
+
 static void page_list_add__locked(struct vck_tb_cache *c, struct page_desc *pd, uint64_t page,
                                   struct vck_tb *tb, unsigned which)
 {
@@ -362,6 +407,7 @@ static void page_list_remove__locked(struct vck_tb_cache *c, struct page_desc *p
         if (t == tb && w == which) {
             *link = tb->page_next[which];
             if (!pd->blocks) {
+                atomic_store_explicit(&pd->extent, 0, memory_order_relaxed);
                 atomic_store_explicit(&pd->has_code, false, memory_order_release);
                 if (c->opts.page_code)
                     c->opts.page_code(c->opts.opaque, page << c->opts.page_bits, false);
@@ -854,24 +900,41 @@ static bool invalidate__pages_locked(struct vck_tb_cache *c, struct vck_tb *tb, 
 static bool tb_overlaps(const struct vck_tb_cache *c, const struct vck_tb *tb, uint64_t start,
                         uint64_t last)
 {
-    uint64_t page_size = (uint64_t)1 << c->opts.page_bits;
-    uint64_t first_len = page_size - (tb->phys_pc & (page_size - 1));
-    if (first_len > tb->size || !tb_spans(c, tb))
-        first_len = tb->size;
-    uint64_t a_last = tb->phys_pc + first_len - 1;
-    if (tb->phys_pc <= last && start <= a_last)
-        return true;
-    if (!tb_spans(c, tb) || first_len == tb->size)
-        return false;
-    uint64_t b_start = tb->phys_page2 & ~(page_size - 1);
-    uint64_t b_last = b_start + (tb->size - first_len) - 1;
-    return b_start <= last && start <= b_last;
+    uint64_t first[2], part_last[2];
+    for (unsigned i = 0, n = tb_parts(c, tb, first, part_last); i < n; i++)
+        if (first[i] <= last && start <= part_last[i])
+            return true;
+    return false;
 }
 
 size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t last)
 {
     size_t done = 0;
     uint64_t first_page = page_of(c, start), last_page = page_of(c, last);
+    /*
+     * First, lock-free: bump every page's generation, then look for code. A store to a page with
+     * no block (data sharing a page with code, a page being translated right now) ends here.
+     * Against a concurrent vck_tb_add, which sets has_code and then reads the generation, both
+     * seq_cst: either this sees has_code and takes the locks below, or the add sees the new
+     * generation and refuses its block.
+     */
+    bool any_code = false;
+    const uint64_t offset_mask = ((uint64_t)1 << c->opts.page_bits) - 1;
+    for (uint64_t page = first_page;; page++) {
+        struct page_desc *pd = page_find(c, page, true);
+        /* Also a release: a translator that reads the new generation sees the new code. */
+        atomic_fetch_add_explicit(&pd->gen, 1, memory_order_seq_cst);
+        uint64_t ext = atomic_load_explicit(&pd->extent, memory_order_seq_cst);
+        if (ext) {
+            uint64_t lo = page == first_page ? start & offset_mask : 0;
+            uint64_t hi = page == last_page ? last & offset_mask : offset_mask;
+            any_code |= lo <= (ext & 0xffffffffu) - 1 && (ext >> 32) <= hi;
+        }
+        if (page == last_page)
+            break;
+    }
+    if (!any_code)
+        return 0;
     vck_rcu_read_lock();
     for (uint64_t chunk = first_page;; chunk += CHUNK_PAGES) {
         uint64_t chunk_last = last_page - chunk < CHUNK_PAGES ? last_page : chunk + CHUNK_PAGES - 1;
@@ -880,8 +943,6 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
         for (uint64_t page = chunk;; page++) {
             struct page_desc *pd = page_find(c, page, false);
             if (pd) {
-                /* Release: a translator that reads the new generation sees the new code. */
-                atomic_fetch_add_explicit(&pd->gen, 1, memory_order_release);
                 uintptr_t t = pd->blocks;
                 while (t) {
                     struct vck_tb *tb = tag_tb(t);
@@ -934,8 +995,17 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
 
     vck_rcu_read_lock();
     vck_tb_page_lock_pair(c, tb->phys_pc, spans ? tb->phys_page2 : VCK_TB_NO_PAGE2);
-    if (atomic_load_explicit(&pd0->gen, memory_order_relaxed) != tb->page_gen[0] ||
-        (spans && atomic_load_explicit(&pd1->gen, memory_order_relaxed) != tb->page_gen[1])) {
+    /* The extents first, then the generations, both seq_cst: see vck_tb_invalidate_range(). */
+    uint64_t old0 = extent_grow__locked(c, pd0, p0, tb);
+    uint64_t old1 = spans ? extent_grow__locked(c, pd1, p1, tb) : 0;
+    /* A second part on the first page itself (two virtual pages, one physical) counts too. */
+    uint32_t gen1 = spans || tb->phys_page2 == VCK_TB_NO_PAGE2 ? tb->page_gen[1] : tb->page_gen[0];
+    if (atomic_load_explicit(&pd0->gen, memory_order_seq_cst) != tb->page_gen[0] ||
+        (tb->phys_page2 != VCK_TB_NO_PAGE2 &&
+         atomic_load_explicit(&pd1->gen, memory_order_seq_cst) != gen1)) {
+        atomic_store_explicit(&pd0->extent, old0, memory_order_relaxed);
+        if (spans)
+            atomic_store_explicit(&pd1->extent, old1, memory_order_relaxed);
         count(&c->stale_adds, 1);
         result = NULL;
         goto unlock;
@@ -943,11 +1013,14 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
     page_list_add__locked(c, pd0, p0, tb, 0);
     if (spans)
         page_list_add__locked(c, pd1, p1, tb, 1);
+    /* In the host map before anyone can find the block. */
+    host_map_add(c, tb);
     struct tb_table *t = vck_rcu_dereference(c->table);
     tb->table = t;
     void *existing;
     if (!vck_qht_insert(&t->qht, tb, tb->hash, &existing)) {
         /* Someone was faster: unlink ours, which nobody but this thread has seen. */
+        host_map_remove(c, tb);
         page_list_remove__locked(c, pd0, p0, tb, 0);
         if (spans)
             page_list_remove__locked(c, pd1, p1, tb, 1);
@@ -955,7 +1028,6 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
         result = existing;
         goto unlock;
     }
-    host_map_add(c, tb);
     count(&c->added, 1);
 unlock:
     vck_tb_page_unlock_pair(c, tb->phys_pc, spans ? tb->phys_page2 : VCK_TB_NO_PAGE2);
