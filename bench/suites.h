@@ -14,6 +14,9 @@ void vck_bench_register_rcu_flavor_qsbr(void);
 void vck_bench_register_rcu_flavor_mb(void);
 void vck_bench_register_rcu_flavor_bp(void);
 void vck_bench_register_qht(void);
+void vck_bench_register_tbcache(void);
+void vck_bench_register_flatview(void);
+void vck_bench_register_dispatch(void);
 
 #ifdef __cplusplus
 }

@@ -13,9 +13,9 @@
  * Entries are 32 bits: ptr (25 bits), a subpage flag, and skip (6 bits), the number of levels
  * to descend to reach what ptr names; skip 0 is a leaf (a section, or a subpage). The all-zero
  * entry is the leaf of section 0, unassigned, so a zeroed node maps nothing. The root entry
- * starts with skip = levels. Path compression replaces an entry pointing at a node that has one
- * non-empty entry by that entry, adding the skips; the addresses the bypassed node sent to its
- * empty entries then reach the surviving section, which is why every walk ends by checking that
+ * starts as skip 1 into the top node. Path compression replaces an entry pointing at a node that
+ * has one non-empty entry by that entry, adding the skips; the addresses the bypassed node sent to
+ * its empty entries then reach the surviving section, which is why every walk ends by checking that
  * the section found really covers the address.
  *
  * A subpage is a page shared by several ranges, or partly unassigned: a sorted run of (offset
@@ -31,6 +31,14 @@
 #include <vcpukit/dispatch.h>
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "loads and stores assume a LE host");
+
+#ifdef VCK_DISPATCH_BROKEN_STALE_VIEW
+/* The broken twin of dispatch.stress: the test hands out views from up to 64 calls ago. */
+const struct vck_flatview *vck_stress_stale_view(const struct vck_as *as);
+#define CURRENT_VIEW(as) vck_stress_stale_view(as)
+#else
+#define CURRENT_VIEW(as) vck_as_view(as)
+#endif
 
 #define PTR_BITS     25
 #define PTR_MASK     ((1u << PTR_BITS) - 1)
@@ -229,7 +237,8 @@ static void compress(struct pagemap *m, uint32_t *entry)
     size_t used = 0;
     for (size_t i = 0; i < fanout; i++) {
         uint32_t *child = &m->nodes[((size_t)node << m->level_bits) + i];
-        compress(m, child);
+        if (entry_skip(*child)) /* leaves have nothing to compress: don't call for them */
+            compress(m, child);
         if (*child) {
             used++;
             only = *child;
@@ -420,13 +429,13 @@ static uint64_t section_room(const struct pagemap *m, const struct vck_section *
 
 static struct pagemap *current_map(const struct vck_dispatch *d)
 {
-    return vck_flatview_derived(vck_as_view(d->as), d->slot);
+    return vck_flatview_derived(CURRENT_VIEW(d->as), d->slot);
 }
 
-enum vck_mem_result vck_dispatch_translate(const struct vck_dispatch *d, uint64_t addr,
-                                           uint64_t len, bool is_write, struct vck_xlat *xlat)
+/* A miss of the MRU section: out of line, so that the hit needs no register saves. */
+static __attribute__((noinline)) enum vck_mem_result
+translate_slow(struct pagemap *m, uint64_t addr, uint64_t len, bool is_write, struct vck_xlat *xlat)
 {
-    struct pagemap *m = current_map(d);
     const struct vck_section *s = map_find(m, addr);
     uint64_t room = section_room(m, s, addr);
     xlat->section = s;
@@ -438,6 +447,24 @@ enum vck_mem_result vck_dispatch_translate(const struct vck_dispatch *d, uint64_
     }
     xlat->offset = s->offset + (addr - s->start);
     xlat->host = s->host ? s->host + (addr - s->start) : NULL;
+    return is_write && s->readonly ? VCK_MEM_DECODE_ERROR : VCK_MEM_OK;
+}
+
+enum vck_mem_result vck_dispatch_translate(const struct vck_dispatch *d, uint64_t addr,
+                                           uint64_t len, bool is_write, struct vck_xlat *xlat)
+{
+    struct pagemap *m = current_map(d);
+    /* The MRU hit, spelled out: the view, its map, the index, the section's bounds. */
+    uint32_t mru = atomic_load_explicit(&m->mru, memory_order_relaxed);
+    const struct vck_section *s = &m->sections[mru];
+    if (__builtin_expect(mru == 0 || addr - s->start > s->last - s->start, 0))
+        return translate_slow(m, addr, len, is_write, xlat);
+    uint64_t room = s->last - addr + 1; /* 0 means 2^64 */
+    uint64_t at = addr - s->start;
+    xlat->section = s;
+    xlat->len = room && room < len ? room : len;
+    xlat->offset = s->offset + at;
+    xlat->host = s->host ? s->host + at : NULL;
     return is_write && s->readonly ? VCK_MEM_DECODE_ERROR : VCK_MEM_OK;
 }
 
@@ -605,7 +632,14 @@ enum vck_mem_result vck_dispatch_read(const struct vck_dispatch *d, uint64_t add
 {
     vck_rcu_read_lock();
     struct access a = dispatch_access(d);
-    enum vck_mem_result r = map_read(&a, addr, buf, len);
+    const struct vck_section *s = map_find(a.map, addr);
+    enum vck_mem_result r;
+    if (s->kind == VCK_SECTION_RAM && len && s->last - addr >= len - 1) {
+        memcpy(buf, s->host + (addr - s->start), len); /* the common case: one RAM range */
+        r = VCK_MEM_OK;
+    } else {
+        r = map_read(&a, addr, buf, len);
+    }
     vck_rcu_read_unlock();
     return r;
 }
@@ -691,6 +725,10 @@ void vck_dispatch_map_stats(const struct vck_dispatch *d, const struct vck_flatv
                             struct vck_pagemap_stats *st)
 {
     const struct pagemap *m = vck_flatview_derived(view, d->slot);
+    if (!m) { /* a view retired before the dispatch attached, still held by someone */
+        *st = (struct vck_pagemap_stats){0};
+        return;
+    }
     *st = (struct vck_pagemap_stats){
         .sections = m->n_sections,
         .nodes = m->n_nodes,

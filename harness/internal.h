@@ -96,6 +96,7 @@ struct hart {
     bool resv_valid;
 
     _Atomic unsigned events;
+    uint64_t fence_word; /* ThreadSanitizer builds: what full_fence() operates on */
     struct tlb_entry tlb[TLB_ENTRIES];
     struct vck_tb_cpu *tbcpu;
 

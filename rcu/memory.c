@@ -141,13 +141,14 @@ struct vck_mr {
     struct vck_mr *next_zombie;
 };
 
+/* How to free a view's derived data (the data itself is in the view's head). */
 struct derived_slot {
-    void *data;
     void (*free)(void *opaque, void *data);
     void *opaque;
 };
 
 struct vck_flatview {
+    struct vck_flatview_head head; /* first: vck_flatview_derived() is inline */
     _Atomic unsigned long refs;
     uint64_t generation;
     uint64_t retired; /* memmap-wide retirement number + 1; 0 while current */
@@ -162,11 +163,14 @@ struct vck_flatview {
     struct vck_flat_range ranges[];
 };
 
+_Static_assert(offsetof(struct vck_flatview, head) == 0, "vck_flatview_derived() reads the head");
+
 struct vck_as {
+    /* First: vck_as_view() is inline. head.view is RCU-published; the AS holds one reference. */
+    struct vck_as_head head;
     struct vck_memmap *mm;
     char *name;
     struct vck_mr *root;
-    struct vck_flatview *view; /* RCU-published; the address space holds one reference */
     uint64_t generation;
 
     struct window *dirty;
@@ -180,6 +184,8 @@ struct vck_as {
     struct vck_as *next, *prev;
     struct vck_rcu_head rcu;
 };
+
+_Static_assert(offsetof(struct vck_as, head) == 0, "vck_as_view() reads the head");
 
 struct candidate {
     u128 lo, hi; /* clipped, in the root's coordinates */
@@ -722,8 +728,8 @@ static void view_reclaim(struct vck_flatview *v)
 {
     struct vck_memmap *mm = v->mm;
     for (int i = 0; i < VCK_FLATVIEW_DERIVED_MAX; i++)
-        if (v->derived[i].data && v->derived[i].free)
-            v->derived[i].free(v->derived[i].opaque, v->derived[i].data);
+        if (v->head.derived[i] && v->derived[i].free)
+            v->derived[i].free(v->derived[i].opaque, v->head.derived[i]);
 
     struct vck_mr *reaped = NULL;
     struct vck_flatview *evicted = NULL;
@@ -812,17 +818,11 @@ void vck_flatview_unref(const struct vck_flatview *view)
     reclaim_after_grace(v);
 }
 
-const struct vck_flatview *vck_as_view(const struct vck_as *as)
-{
-    /* Pairs with the release in publish__locked(). */
-    return vck_rcu_dereference(((struct vck_as *)as)->view);
-}
-
 const struct vck_flatview *vck_as_view_get(const struct vck_as *as)
 {
     vck_rcu_read_lock();
     for (;;) {
-        struct vck_flatview *v = vck_rcu_dereference(((struct vck_as *)as)->view);
+        struct vck_flatview *v = vck_rcu_dereference(((struct vck_as *)as)->head.view);
         unsigned long refs = atomic_load_explicit(&v->refs, memory_order_relaxed);
         /* A zero count means the view was just replaced: read the address space again. */
         while (refs && !atomic_compare_exchange_weak_explicit(
@@ -852,14 +852,6 @@ const struct vck_flat_range *vck_flatview_find(const struct vck_flatview *view, 
     if (i < view->n && view->ranges[i].start <= addr)
         return &view->ranges[i];
     return NULL;
-}
-
-void *vck_flatview_derived(const struct vck_flatview *view, int slot)
-{
-    if (slot < 0 || slot >= VCK_FLATVIEW_DERIVED_MAX)
-        fatal("vck_flatview_derived: no slot %d", slot);
-    /* Built before the view was published: its publication orders it. */
-    return view->derived[slot].data;
 }
 
 #ifndef NDEBUG
@@ -959,7 +951,7 @@ static void listeners_commit(struct vck_as *as, const struct vck_flatview *view)
 static void publish__locked(struct vck_as *as, struct vck_flatview *v, bool notify)
 {
     struct vck_memmap *mm = as->mm;
-    struct vck_flatview *old = as->view;
+    struct vck_flatview *old = as->head.view;
     v->generation = ++as->generation;
     validate_view(v);
 
@@ -967,8 +959,8 @@ static void publish__locked(struct vck_as *as, struct vck_flatview *v, bool noti
     for (int i = 0; i < as->n_builders; i++) {
         const struct vck_view_builder *b = &as->builders[i];
         size_t bytes = 0;
+        v->head.derived[i] = b->build(b->opaque, v, old, old ? old->head.derived[i] : NULL, &bytes);
         v->derived[i] = (struct derived_slot){
-            .data = b->build(b->opaque, v, old, old ? old->derived[i].data : NULL, &bytes),
             .free = b->free,
             .opaque = b->opaque,
         };
@@ -981,7 +973,7 @@ static void publish__locked(struct vck_as *as, struct vck_flatview *v, bool noti
         diff_pass(as, old, v, PASS_ADD);
     }
     /* Pairs with the acquire in vck_as_view(): readers see the view and its derived data. */
-    vck_rcu_assign_pointer(as->view, v);
+    vck_rcu_assign_pointer(as->head.view, v);
     if (notify)
         listeners_commit(as, v);
     mm->in_callbacks = false;
@@ -996,7 +988,7 @@ static void publish__locked(struct vck_as *as, struct vck_flatview *v, bool noti
 static void render_as__locked(struct vck_as *as, struct render_scratch *s, struct ranges *out)
 {
     struct vck_memmap *mm = as->mm;
-    const struct vck_flatview *old = as->view;
+    const struct vck_flatview *old = as->head.view;
     out->n = 0;
     if (as->dirty_full || !old) {
         render_window(s, as->root, 0, root_extent(as), out);
@@ -1038,7 +1030,7 @@ static void commit__locked(struct vck_memmap *mm)
         if (!as->dirty_full && !as->n_dirty)
             continue;
         render_as__locked(as, &mm->scratch, &mm->out);
-        if (views_equal(as->view, &mm->out))
+        if (views_equal(as->head.view, &mm->out))
             continue;
         publish__locked(as, view_alloc(mm, &mm->out), true);
     }
@@ -1717,7 +1709,7 @@ struct vck_as *vck_as_new(struct vck_memmap *mm, const char *name, struct vck_mr
 static void as_free_rcu(struct vck_rcu_head *head)
 {
     struct vck_as *as = caa_container_of(head, struct vck_as, rcu);
-    vck_flatview_unref(as->view);
+    vck_flatview_unref(as->head.view);
     free(as->dirty);
     free(as->name);
     free(as);
@@ -1743,7 +1735,7 @@ void vck_as_destroy(struct vck_as *as)
      * are dropped after a grace period. The view is retired now, so that the regions it names
      * wait for it.
      */
-    view_retire(mm, as->view);
+    view_retire(mm, as->head.view);
     vck_rcu_call(&as->rcu, as_free_rcu);
     writer_leave(mm);
 }
@@ -1768,7 +1760,7 @@ int vck_as_add_builder(struct vck_as *as, const struct vck_view_builder *b)
     as->builders[slot] = *b;
     /* Views never change once published: publish the same ranges again, with every builder's data.
      */
-    struct ranges same = {.v = as->view->ranges, .n = as->view->n};
+    struct ranges same = {.v = as->head.view->ranges, .n = as->head.view->n};
     publish__locked(as, view_alloc(mm, &same), false);
     writer_leave(mm);
     return slot;
@@ -1791,11 +1783,11 @@ void vck_as_listener_register(struct vck_as *as, struct vck_mem_listener *l)
     mm->in_callbacks = true;
     if (l->begin)
         l->begin(l);
-    for (size_t i = 0; i < as->view->n; i++)
+    for (size_t i = 0; i < as->head.view->n; i++)
         if (l->region_add)
-            l->region_add(l, &as->view->ranges[i]);
+            l->region_add(l, &as->head.view->ranges[i]);
     if (l->commit)
-        l->commit(l, as->view);
+        l->commit(l, as->head.view);
     mm->in_callbacks = false;
     writer_leave(mm);
 }
@@ -1808,11 +1800,11 @@ void vck_as_listener_unregister(struct vck_mem_listener *l)
     mm->in_callbacks = true;
     if (l->begin)
         l->begin(l);
-    for (size_t i = 0; i < as->view->n; i++)
+    for (size_t i = 0; i < as->head.view->n; i++)
         if (l->region_del)
-            l->region_del(l, &as->view->ranges[i]);
+            l->region_del(l, &as->head.view->ranges[i]);
     if (l->commit)
-        l->commit(l, as->view);
+        l->commit(l, as->head.view);
     mm->in_callbacks = false;
     if (l->prev_)
         l->prev_->next_ = l->next_;

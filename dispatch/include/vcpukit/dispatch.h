@@ -214,7 +214,7 @@ static inline enum vck_mem_result vck_mrc_write(const struct vck_mrc *c, uint64_
     assert(c->is_write && offset <= c->len && n <= c->len - offset);
     if (__builtin_expect(c->host != NULL, 1)) {
         memcpy(c->host + offset, buf, n);
-        if (c->ram_write)
+        if (c->ram_write && n)
             c->ram_write(c->ram_write_opaque, c->addr + offset, n);
         return VCK_MEM_OK;
     }

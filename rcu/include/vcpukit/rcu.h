@@ -523,12 +523,24 @@ void vck_as_destroy(struct vck_as *as);
 struct vck_mr *vck_as_root(const struct vck_as *as);
 const char *vck_as_name(const struct vck_as *as);
 
+/*
+ * The first member of struct vck_as and of struct vck_flatview, public only so that the two
+ * loads every access makes (current view, its derived data) are inline; the rest is private.
+ */
+struct vck_as_head {
+    struct vck_flatview *view; /* RCU-published */
+};
+
 /**
  * vck_as_view - the current view. A registered thread inside a read-side section; the view
  * stays valid until the section ends (don't keep it past: take a reference for that). One
- * acquire load; never NULL.
+ * acquire load, inline; never NULL.
  */
-const struct vck_flatview *vck_as_view(const struct vck_as *as);
+static inline const struct vck_flatview *vck_as_view(const struct vck_as *as)
+{
+    /* Pairs with the release store that publishes a view (vck_rcu_assign_pointer). */
+    return __atomic_load_n(&((const struct vck_as_head *)(const void *)as)->view, __ATOMIC_ACQUIRE);
+}
 
 /**
  * vck_as_view_get - the current view with a reference: valid outside read-side sections until
@@ -582,6 +594,10 @@ struct vck_view_builder {
 
 #define VCK_FLATVIEW_DERIVED_MAX 4
 
+struct vck_flatview_head {
+    void *derived[VCK_FLATVIEW_DERIVED_MAX]; /* built before the view was published */
+};
+
 /**
  * vck_as_add_builder - register @b (copied) and build its data for the current view, which is
  * then republished with it. Writers. Returns the slot to pass to vck_flatview_derived(); aborts
@@ -589,8 +605,15 @@ struct vck_view_builder {
  */
 int vck_as_add_builder(struct vck_as *as, const struct vck_view_builder *b);
 
-/* The data @slot's builder made for @view (NULL for views published before it registered). */
-void *vck_flatview_derived(const struct vck_flatview *view, int slot);
+/**
+ * vck_flatview_derived - the data @slot's builder made for @view (NULL for views published
+ * before it registered). Whoever holds the view; one load, inline. @slot comes from
+ * vck_as_add_builder().
+ */
+static inline void *vck_flatview_derived(const struct vck_flatview *view, int slot)
+{
+    return ((const struct vck_flatview_head *)(const void *)view)->derived[slot];
+}
 
 /*
  * Listeners: told how each commit changed an address space's view. Callbacks run on the
