@@ -102,7 +102,8 @@ struct vck_tb_cache {
     struct tb_table *table; /* RCU-published */
     struct cpu_list *cpus;  /* RCU-published, copied on change under lock */
     struct region_list *regions;
-    pthread_mutex_t lock; /* cpus, regions, flush */
+    pthread_mutex_t lock;       /* the vCPU and region lists; never held across a grace period */
+    pthread_mutex_t flush_lock; /* serialises flushes, which wait for grace periods */
     _Atomic uint64_t added, duplicates, stale_adds, invalidated, flushes, retries;
 };
 
@@ -1092,7 +1093,11 @@ static void invalidate_table(struct vck_tb_cache *c, struct tb_table *old)
 
 void vck_tb_flush(struct vck_tb_cache *c)
 {
-    pthread_mutex_lock(&c->lock);
+    /*
+     * Not c->lock: a thread inside a read-side section may take that one (vck_tb_cpu_new...),
+     * and this waits for that section to end.
+     */
+    pthread_mutex_lock(&c->flush_lock);
     struct tb_table *old = c->table;
     /* Pairs with the dereference in lookups and adds: from now on they use the new table. */
     vck_rcu_assign_pointer(c->table, table_new(c));
@@ -1100,7 +1105,7 @@ void vck_tb_flush(struct vck_tb_cache *c)
     vck_rcu_synchronize();
     invalidate_table(c, old);
     count(&c->flushes, 1);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->flush_lock);
 }
 
 /* ---- the cache and its vCPUs ------------------------------------------------------------- */
@@ -1125,6 +1130,7 @@ struct vck_tb_cache *vck_tb_cache_new(const struct vck_tb_cache_options *opts)
     unsigned page_number_bits = 64 - c->opts.page_bits;
     c->inner_levels = 1 + (page_number_bits - LEAF_BITS + INNER_BITS - 1) / INNER_BITS;
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->flush_lock, NULL);
     c->table = table_new(c);
     return c;
 }
@@ -1146,6 +1152,7 @@ void vck_tb_cache_free(struct vck_tb_cache *c)
     }
     free(c->cpus);
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->flush_lock);
     free(c);
 }
 

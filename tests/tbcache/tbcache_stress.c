@@ -8,11 +8,15 @@
  * the second page of a spanning block is as often below its first as above it, which is what
  * makes page collections take pages out of order and retry. A few virtual pages mirror the
  * physical page of the one before them, so that some blocks have their two parts on one physical
- * page (and some physical pages are mapped nowhere). Guest memory is an array of 4-byte
+ * page (and some physical pages are mapped nowhere). Every fourth physical page holds data in
+ * its upper half, never executed but stored to, and a fifth of the invalidations aim at the
+ * boundary: those mostly meet no block and take the cache's lock-free path, racing with adds
+ * that widen the page's code extent. Guest memory is an array of 4-byte
  * words; a block runs from its PC to the first word whose low three bits are zero (at most 24
- * words, never past the end of the space). Exit 0 falls through, exit 1 branches to a target
- * encoded in the last word. Invalidators store random words into a physical range and then
- * invalidate it, as a guest writing its own code would.
+ * words, never past the end of the space or into data). Exit 0 falls through, exit 1 branches to
+ * a target encoded in the last word (either sent back to its page's start if it is data).
+ * Invalidators store random words into a physical range and then invalidate it, as a guest writing
+ * its own code would.
  *
  * Blocks. The fake translator copies the words into ops in its vCPU's code buffer (a registered
  * code region, so vck_tb_find_by_host can be checked) and fills a block that carries its exits,
@@ -23,7 +27,7 @@
  * for a while before freeing it, so a block handed out after reclamation is seen as poison.
  *
  * The invalidation log. One global clock (a seq_cst counter) orders the threads' events:
- *  - a translator reads the page generations and the code, then takes t1 from the clock;
+ *  - a translator reads the page generations, takes t1 from the clock, then reads the code;
  *  - an invalidation of [start, last] takes s0, invalidates, takes s1, and then raises
  *    inval_done[w] to s0 for every guest word w it covered (an atomic max);
  *  - a flush takes s0, flushes, and raises flush_done to s0; vck_tb_invalidate() of one block
@@ -109,7 +113,7 @@ struct sblock {
     struct vck_tb tb;
     uint64_t magic; /* LIVE until free_tb, then POISON */
     uint64_t exit_pc[2];
-    uint64_t t1; /* clock value taken after the page generations and the code were read */
+    uint64_t t1; /* clock value taken right after the page generations were read */
     uint64_t sum;
     _Atomic uint64_t added_at;  /* clock value taken after vck_tb_add accepted it, or 0 */
     _Atomic uint64_t killed_at; /* clock value taken after vck_tb_invalidate of it, or 0 */
@@ -220,6 +224,19 @@ static uint64_t phys_addr(uint64_t vaddr)
 static size_t word_of(uint64_t vaddr)
 {
     return (size_t)((phys_addr(vaddr) - PHYS_BASE) >> 2);
+}
+
+/* Every fourth physical page keeps data in its upper half: stored to, never executed. */
+static bool is_data(uint64_t vaddr)
+{
+    uint64_t p = phys_addr(vaddr);
+    return (p >> PAGE_BITS) % 4 == 3 && (p & (PAGE_SIZE - 1)) >= PAGE_SIZE / 2;
+}
+
+/* Where execution goes when it would reach @vaddr: data sends it back to its page's start. */
+static uint64_t code_at(uint64_t vaddr)
+{
+    return is_data(vaddr) ? vaddr & ~(uint64_t)(PAGE_SIZE - 1) : vaddr;
 }
 
 static bool guest_phys(void *opaque, uint64_t vaddr, uint64_t *phys)
@@ -413,18 +430,20 @@ static enum translated translate(struct vcpu *v, uint64_t pc, struct sblock **ou
         uint32_t words[MAX_WORDS];
         uint64_t phys_pc = phys_addr(pc), page2 = VCK_TB_NO_PAGE2;
         uint32_t gen[2] = {vck_tb_page_gen(g.c, phys_pc), 0};
+        /* As early as the argument allows: right after the last generation read. */
+        uint64_t t1 = tick();
         unsigned n = 0;
         uint64_t a = pc;
         do {
             if (a != pc && !(a & (PAGE_SIZE - 1))) {
                 page2 = phys_addr(a);
                 gen[1] = vck_tb_page_gen(g.c, page2);
+                t1 = tick();
             }
             /* Relaxed: ordered after the generation's acquire load, like a translator's fetch. */
             words[n++] = atomic_load_explicit(&g.mem[word_of(a)], memory_order_relaxed);
             a += 4;
-        } while ((words[n - 1] & 7) && n < MAX_WORDS && a < SPACE);
-        uint64_t t1 = tick();
+        } while ((words[n - 1] & 7) && n < MAX_WORDS && a < SPACE && !is_data(a));
 
         if (v->used + n > CODE_OPS)
             return T_FULL;
@@ -447,8 +466,8 @@ static enum translated translate(struct vcpu *v, uint64_t pc, struct sblock **ou
         b->tb.code_size = n * sizeof(struct op);
         atomic_init(&b->tb.cflags, 0);
         b->magic = LIVE;
-        b->exit_pc[0] = a % SPACE;
-        b->exit_pc[1] = (uint64_t)((words[n - 1] >> 3) % WORDS) * 4;
+        b->exit_pc[0] = code_at(a % SPACE);
+        b->exit_pc[1] = code_at((uint64_t)((words[n - 1] >> 3) % WORDS) * 4);
         b->t1 = t1;
         b->sum = block_sum(b);
 
@@ -546,7 +565,7 @@ static void *vcpu_main(void *arg)
             vck_tb_jc_flush_all(v->cpu);
         else if (r == 2)
             vck_tb_jc_flush_page(v->cpu, vck_rand_below(&v->rng, SPACE));
-        uint64_t pc = vck_rand_below(&v->rng, WORDS) * 4;
+        uint64_t pc = code_at(vck_rand_below(&v->rng, WORDS) * 4);
         if (!vcpu_run(v, pc)) {
             /* The code buffer is full: every block in it dies with the flush, then reuse it. */
             flush_logged(&v->n);
@@ -584,6 +603,16 @@ static void invalidate_logged(struct invalidator *inv, uint64_t start, uint64_t 
 static void random_range(struct invalidator *inv, uint64_t *start, uint64_t *last)
 {
     uint64_t r = vck_rand_below(&inv->rng, 100), len;
+    if (r < 20) {
+        /*
+         * Around the code/data boundary of a data page: mostly bytes no block covers, which the
+         * cache invalidates without locks, racing with adds that widen the page's code extent.
+         */
+        uint64_t page = 4 * vck_rand_below(&inv->rng, VPAGES / 4) + 3;
+        *start = PHYS_BASE + page * PAGE_SIZE + PAGE_SIZE / 2 - 16 + vck_rand_below(&inv->rng, 48);
+        *last = *start + vck_rand_below(&inv->rng, 24);
+        return;
+    }
     if (r < 80)
         len = 1 + vck_rand_below(&inv->rng, 32);
     else if (r < 98)

@@ -539,7 +539,9 @@ Test(tbcache, a_spanning_block_survives_ranges_that_miss_it_on_both_pages)
 
 /* ---- range invalidation ------------------------------------------------------------------ */
 
-Test(tbcache, pages_far_apart_have_their_own_descriptors)
+/* Tests that a broken cache could deadlock carry a timeout, so that they fail instead. */
+
+Test(tbcache, pages_far_apart_have_their_own_descriptors, .timeout = 20)
 {
     /* Physical pages in other radix leaves and levels, up to the last page of the space. */
     static const uint64_t ppage[] = {0x5, 0x5 + (1u << 10), 0x5 + (1u << 24), 0x5 + (1ull << 38),
@@ -1036,7 +1038,7 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
-Test(tbcache, an_invalidated_block_is_not_reclaimed_while_a_reader_may_hold_it)
+Test(tbcache, an_invalidated_block_is_not_reclaimed_while_a_reader_may_hold_it, .timeout = 20)
 {
     struct vck_tb *a = added(0x1000, 16);
     struct reader r = {0};
@@ -1081,7 +1083,7 @@ static void *locker_main(void *arg)
     return NULL;
 }
 
-Test(tbcache, a_collection_holds_the_other_pages_of_its_blocks)
+Test(tbcache, a_collection_holds_the_other_pages_of_its_blocks, .timeout = 20)
 {
     added(3 * PAGE + 0xff0, 0x20); /* pages 3 and 4 */
     added(4 * PAGE + 0x100, 0x10); /* page 4 */
@@ -1268,7 +1270,7 @@ static void *publisher_main(void *arg)
     return NULL;
 }
 
-Test(tbcache, a_block_a_lookup_can_find_is_already_in_the_host_map)
+Test(tbcache, a_block_a_lookup_can_find_is_already_in_the_host_map, .timeout = 20)
 {
     /*
      * A vCPU may execute a block as soon as a lookup finds it, and fault in it: the host map
