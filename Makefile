@@ -1,10 +1,12 @@
 # The two commands a new machine needs (see README.md):
-#   make run    install what is missing, build release, run the kit's main job
+#   make run    install what is missing, build release, run the kit's main job (vck-run)
 #   make test   install what is missing, build every preset, run the default test suite
 .PHONY: run test deps build bench format format-check clean
 
+# The kit's main job: the harness running our integer workload, one copy per hart, on 4 harts.
 run: build
-	./build/release/bench/vck-bench --benchmark_min_time=0.05
+	./build/release/harness/vck-run --smp 4 --stats --timeout 300 \
+		build/release/tests/guests/compute-bench.elf
 
 test: deps
 	./scripts/test.sh

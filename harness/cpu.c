@@ -142,12 +142,12 @@ static void decode32(uint32_t in, struct op *o)
 {
     unsigned opcode = in & 0x7f, rd = (in >> 7) & 31, f3 = (in >> 12) & 7;
     unsigned rs1 = (in >> 15) & 31, rs2 = (in >> 20) & 31, f7 = in >> 25;
-    int64_t imm_i = (int32_t)in >> 20;
-    int64_t imm_s = ((int32_t)in >> 25 << 5) | ((in >> 7) & 0x1f);
+    int64_t imm_i = sext(in >> 20, 12);
+    int64_t imm_s = sext(((in >> 25) << 5) | ((in >> 7) & 0x1f), 12);
     int64_t imm_b = sext(((in >> 31) << 12) | (((in >> 7) & 1) << 11) | (((in >> 25) & 0x3f) << 5) |
                              (((in >> 8) & 0xf) << 1),
                          13);
-    int64_t imm_u = (int32_t)(in & 0xfffff000u);
+    int64_t imm_u = sext(in & 0xfffff000u, 32);
     int64_t imm_j = sext(((in >> 31) << 20) | (((in >> 12) & 0xff) << 12) |
                              (((in >> 20) & 1) << 11) | (((in >> 21) & 0x3ff) << 1),
                          21);
@@ -527,8 +527,11 @@ static uint8_t *ram_page_host(struct hart *h, uint64_t page_addr, bool *readonly
 /* Fill the TLB entry of @addr's page; false if it is not plain RAM. */
 static bool tlb_fill(struct hart *h, uint64_t addr)
 {
+    struct machine *m = h->m;
     uint64_t page = addr >> PAGE_BITS;
     bool readonly = false;
+    /* The map generation before translating: see the re-check below. */
+    uint64_t gen = atomic_load_explicit(&m->map_gen, memory_order_seq_cst);
     uint8_t *host = ram_page_host(h, page << PAGE_BITS, &readonly);
     if (!host)
         return false;
@@ -536,12 +539,20 @@ static bool tlb_fill(struct hart *h, uint64_t addr)
     atomic_store_explicit(&e->read_tag, 0, memory_order_relaxed);
     atomic_store_explicit(&e->write_tag, 0, memory_order_relaxed);
     e->addend = (uintptr_t)host - (page << PAGE_BITS);
-    atomic_store_explicit(&e->read_tag, page + 1, memory_order_relaxed);
-    if (!readonly && !machine_store_trapped(h->m, page << PAGE_BITS)) {
+    atomic_store_explicit(&e->read_tag, page + 1, memory_order_seq_cst);
+    if (!readonly && !machine_store_trapped(m, page << PAGE_BITS)) {
         /* seq_cst store then re-check: pairs with machine_protect_page's set-then-clear. */
         atomic_store_explicit(&e->write_tag, page + 1, memory_order_seq_cst);
-        if (machine_store_trapped(h->m, page << PAGE_BITS))
+        if (machine_store_trapped(m, page << PAGE_BITS))
             atomic_store_explicit(&e->write_tag, 0, memory_order_seq_cst);
+    }
+    /*
+     * The memory map changed while we translated (machine_shoot_down bumps the generation and
+     * then clears every hart's entries): this entry may come from the old map, drop it.
+     */
+    if (atomic_load_explicit(&m->map_gen, memory_order_seq_cst) != gen) {
+        atomic_store_explicit(&e->read_tag, 0, memory_order_seq_cst);
+        atomic_store_explicit(&e->write_tag, 0, memory_order_seq_cst);
     }
     return true;
 }
@@ -557,7 +568,8 @@ static inline int load(struct hart *h, uint64_t addr, unsigned size, uint64_t *v
         *v = host_load((const uint8_t *)(uintptr_t)(addr + e->addend), size);
         return 0;
     }
-    if ((addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE && tlb_fill(h, addr)) {
+    if ((addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE && tlb_fill(h, addr) &&
+        atomic_load_explicit(&e->read_tag, memory_order_relaxed) == page + 1) {
         *v = host_load((const uint8_t *)(uintptr_t)(addr + e->addend), size);
         return 0;
     }
@@ -587,7 +599,8 @@ static int store_slow(struct hart *h, uint64_t addr, unsigned size, uint64_t v)
             if (m->tohost && addr <= m->tohost + 7 && m->tohost <= addr + size - 1)
                 machine_tohost_write(m, h,
                                      host_load(m->ram_host + (m->tohost - VCK_VIRT_RAM_BASE), 8));
-            if (vck_tb_invalidate_range(m->tbc, addr, addr + size - 1))
+            /* Blocks are keyed by host address: one key per RAM byte, whatever maps it. */
+            if (vck_tb_invalidate_range(m->tbc, (uintptr_t)x.host, (uintptr_t)x.host + size - 1))
                 h->st.smc_stores++;
         }
         return 0;
@@ -688,7 +701,7 @@ static int amo(struct hart *h, const struct op *o, bool word)
         old = cur;
     }
     if (trapped)
-        vck_tb_invalidate_range(h->m->tbc, addr, addr + (word ? 3 : 7));
+        vck_tb_invalidate_range(h->m->tbc, (uintptr_t)p, (uintptr_t)p + (word ? 3 : 7));
     h->x[o->rd] = old;
     return 0;
 }
@@ -737,7 +750,7 @@ static int store_conditional(struct hart *h, const struct op *o, bool word)
     }
     h->resv_valid = false;
     if (ok && trapped)
-        vck_tb_invalidate_range(h->m->tbc, addr, addr + (word ? 3 : 7));
+        vck_tb_invalidate_range(h->m->tbc, (uintptr_t)p, (uintptr_t)p + (word ? 3 : 7));
     h->x[o->rd] = !ok;
     return 0;
 }
@@ -804,6 +817,9 @@ static bool csr_read(struct hart *h, unsigned csr, unsigned done, uint64_t *v)
     case 0xf14:
         *v = h->id;
         return true;
+    case 0x3a0 ... 0x3ef: /* PMP with no entries: reads zero, writes ignored */
+        *v = 0;
+        return true;
     case 0xc00:
     case 0xc01:
     case 0xc02:
@@ -850,6 +866,8 @@ static bool csr_write(struct hart *h, unsigned csr, uint64_t v)
         h->mtval = v;
         return true;
     case 0x344: /* MSIP and MTIP are the CLINT's */
+        return true;
+    case 0x3a0 ... 0x3ef:
         return true;
     case 0xb00:
     case 0xb02:
@@ -919,10 +937,19 @@ static void *arena_alloc(struct hart *h, size_t size)
     return p;
 }
 
-static bool phys_identity(void *opaque, uint64_t vaddr, uint64_t *phys)
+/*
+ * The block key's "physical" address is the host address of the guest RAM byte: unique per byte
+ * of RAM however many guest addresses show it (a RAM bank seen both directly and through the
+ * remap window), as QEMU keys blocks by RAM offset rather than by guest physical address.
+ * M and U mode have no translation: virtual = guest physical. Inside a read-side section.
+ */
+static bool phys_host(void *opaque, uint64_t vaddr, uint64_t *phys)
 {
-    (void)opaque;
-    *phys = vaddr; /* M and U mode without translation */
+    bool readonly;
+    uint8_t *host = ram_page_host(opaque, vaddr & PAGE_MASK, &readonly);
+    if (!host)
+        return false;
+    *phys = (uintptr_t)host + (vaddr & (PAGE_SIZE - 1));
     return true;
 }
 
@@ -952,7 +979,11 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
         *protect = page0;
         return TR_PROTECT;
     }
-    uint32_t gen0 = vck_tb_page_gen(m->tbc, page0), gen1 = 0;
+    bool ro;
+    uint8_t *host0 = ram_page_host(h, page0, &ro), *host1 = NULL;
+    if (!host0)
+        goto fault;
+    uint32_t gen0 = vck_tb_page_gen(m->tbc, (uintptr_t)host0), gen1 = 0;
     struct op ops[MAX_BLOCK_INSNS + 1];
     unsigned n = 0;
     uint64_t a = pc;
@@ -961,7 +992,6 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
         if (page != page0 && page != page1) {
             if (page1 != VCK_TB_NO_PAGE2)
                 break; /* never a third page */
-            bool ro;
             if (!ram_page_host(h, page, &ro))
                 break;
             if (!machine_store_trapped(m, page)) {
@@ -969,7 +999,8 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
                 return TR_PROTECT;
             }
             page1 = page;
-            gen1 = vck_tb_page_gen(m->tbc, page1);
+            host1 = ram_page_host(h, page1, &ro);
+            gen1 = vck_tb_page_gen(m->tbc, (uintptr_t)host1);
         }
         uint16_t lo, hi;
         if (!fetch16(h, a, &lo)) {
@@ -985,7 +1016,6 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
                 break;
             if (((a + 2) & PAGE_MASK) != page && page1 == VCK_TB_NO_PAGE2) {
                 /* The instruction straddles into the next page: make it part of the block. */
-                bool ro;
                 uint64_t next = (a + 2) & PAGE_MASK;
                 if (!ram_page_host(h, next, &ro)) {
                     if (n == 0)
@@ -997,7 +1027,8 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
                     return TR_PROTECT;
                 }
                 page1 = next;
-                gen1 = vck_tb_page_gen(m->tbc, page1);
+                host1 = ram_page_host(h, page1, &ro);
+                gen1 = vck_tb_page_gen(m->tbc, (uintptr_t)host1);
             }
             if (!fetch16(h, a + 2, &hi))
                 break;
@@ -1048,8 +1079,8 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
     b->n_insns = n_insns;
     memcpy(b->ops, ops, n_ops * sizeof(struct op));
     b->tb.pc = pc;
-    b->tb.phys_pc = pc;
-    b->tb.phys_page2 = page1;
+    b->tb.phys_pc = (uintptr_t)host0 + (pc & (PAGE_SIZE - 1));
+    b->tb.phys_page2 = host1 ? (uintptr_t)host1 : VCK_TB_NO_PAGE2;
     b->tb.flags = h->priv;
     b->tb.size = (uint32_t)(a - pc);
     b->tb.page_gen[0] = gen0;
@@ -1508,7 +1539,7 @@ static enum batch_end run_batch(struct hart *h, uint64_t *protect)
             return BATCH_EVENTS;
         if (!b) {
             h->st.lookups++;
-            b = (struct block *)vck_tb_lookup(h->tbcpu, h->pc, h->priv, 0, phys_identity, NULL);
+            b = (struct block *)vck_tb_lookup(h->tbcpu, h->pc, h->priv, 0, phys_host, h);
             if (!b) {
                 switch (translate(h, &b, protect)) {
                 case TR_OK:

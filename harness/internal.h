@@ -141,6 +141,8 @@ struct machine {
 
     uint8_t *ram_host;
     uint64_t ram_size;
+    /* Bumped (seq_cst) by every memory-map change before the harts' TLBs are cleared. */
+    _Atomic uint64_t map_gen;
     /* One bit per RAM page: stores to it take the slow path (code, or HTIF's tohost). */
     _Atomic uint64_t *write_trap;
 

@@ -417,17 +417,37 @@ static struct machine *listener_machine(struct vck_mem_listener *l)
 static void on_region_del(struct vck_mem_listener *l, const struct vck_flat_range *r)
 {
     struct machine *m = listener_machine(l);
-    /* Code translated from RAM that is no longer there (or no longer there) must go. */
-    if (vck_mr_kind(r->mr) == VCK_MR_RAM)
-        vck_tb_invalidate_range(m->tbc, r->start, r->last);
+    /*
+     * Blocks of RAM that left this address are keyed by its host bytes, which may still be
+     * mapped elsewhere; what must go is every chained jump into them from code that reached
+     * them here, so invalidate them (they are retranslated where they are still mapped).
+     */
+    if (vck_mr_kind(r->mr) == VCK_MR_RAM) {
+        uintptr_t host = (uintptr_t)vck_mr_host(r->mr) + r->offset;
+        vck_tb_invalidate_range(m->tbc, host, host + (r->last - r->start));
+    }
 }
 
+/*
+ * The map changed: every hart's TLB entries and jump cache go now, synchronously, so that a
+ * guest that orders its accesses after the change (the remap test's acknowledged switch) sees
+ * the new map. A hart filling an entry meanwhile re-reads the generation and drops the entry.
+ * Runs on the committing thread (maybe a hart, inside its MMIO write), under the writer lock.
+ */
 static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *view)
 {
     struct machine *m = listener_machine(l);
     (void)view;
-    for (unsigned i = 0; i < m->n_harts; i++)
-        hart_kick(&m->harts[i], EV_TLB_FLUSH);
+    atomic_fetch_add_explicit(&m->map_gen, 1, memory_order_seq_cst);
+    for (unsigned i = 0; i < m->n_harts; i++) {
+        struct hart *h = &m->harts[i];
+        for (unsigned j = 0; j < TLB_ENTRIES; j++) {
+            atomic_store_explicit(&h->tlb[j].read_tag, 0, memory_order_seq_cst);
+            atomic_store_explicit(&h->tlb[j].write_tag, 0, memory_order_seq_cst);
+        }
+        if (h->tbcpu)
+            vck_tb_jc_flush_all(h->tbcpu);
+    }
 }
 
 /* ---- building the machine ---------------------------------------------------------------- */
