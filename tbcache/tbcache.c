@@ -1183,8 +1183,15 @@ struct vck_tb_cpu *vck_tb_cpu_new(struct vck_tb_cache *c)
     }
     cpu->jc_mask = (uint32_t)(slots - 1);
     cpu->page_bits = (uint8_t)c->opts.page_bits;
-    cpu->group_bits = (uint8_t)(c->opts.jc_bits / 2);
     cpu->pc_shift = (uint8_t)c->opts.pc_shift;
+    /* Half the index from the offset in the page (fewer if the page holds fewer instructions). */
+    unsigned in_page = c->opts.page_bits - c->opts.pc_shift, group = c->opts.jc_bits / 2;
+    if (group > in_page)
+        group = in_page;
+    cpu->group_bits = (uint8_t)group;
+    cpu->group_shift = (uint8_t)(in_page - group);
+    cpu->lo_mask = (1u << group) - 1;
+    cpu->hi_mask = cpu->jc_mask & ~cpu->lo_mask;
     cpu->cache = c;
     pthread_mutex_lock(&c->lock);
     cpus_update__locked(c, cpu, NULL);

@@ -862,10 +862,15 @@ Test(tbcache, jc_invalidate_clears_a_block_from_every_vcpu)
     struct vck_tb_cpu *cpu2 = vck_tb_cpu_new(w.c);
     cr_assert_not_null(cpu2);
     struct vck_tb *x = added(0x1000, 16);
-    /* 0x1041 shares x's slot (pc ^ pc >> 6 within the group): cpu2 keeps y there, not x. */
-    cr_assert_eq(vck_tb_jc_slot(w.cpu, 0x1041), vck_tb_jc_slot(w.cpu, 0x1000));
+    /* Another PC of x's page in x's slot (past x's 16 bytes): cpu2 keeps y there, not x. */
+    uint64_t ypc = 0x1010;
+    while (vck_tb_jc_slot(w.cpu, ypc) != vck_tb_jc_slot(w.cpu, 0x1000) && ypc < 0x1ffc)
+        ypc++;
+    cr_assert_eq(vck_tb_jc_slot(w.cpu, ypc), vck_tb_jc_slot(w.cpu, 0x1000),
+                 "no PC shares the slot");
     struct vck_tb *other = added(0x1010, 16);
-    struct blk *yb = blk_new(0x1041, 4, 0, 0);
+    cr_assert_neq(vck_tb_jc_slot(w.cpu, 0x1010), vck_tb_jc_slot(w.cpu, 0x1000));
+    struct blk *yb = blk_new(ypc, 4, 0, 0);
     cr_assert_eq(add(yb, NULL), &yb->tb);
     struct vck_tb *y = &yb->tb;
     cr_expect_eq(look_on(cpu2, 0x1000, 0, 0), x); /* cpu2's table hit fills its cache */
@@ -882,10 +887,10 @@ Test(tbcache, jc_invalidate_clears_a_block_from_every_vcpu)
     expect_counts(cpu2, c2, 1, 0, 0, "another block of the page");
 
     /* A slot holding another block is left alone. */
-    cr_expect_eq(look_on(cpu2, 0x1041, 0, 0), y); /* evicts x from cpu2's slot */
+    cr_expect_eq(look_on(cpu2, ypc, 0, 0), y); /* evicts x from cpu2's slot */
     vck_tb_jc_invalidate(w.c, x);
     c2 = counts_of(cpu2);
-    cr_expect_eq(look_on(cpu2, 0x1041, 0, 0), y);
+    cr_expect_eq(look_on(cpu2, ypc, 0, 0), y);
     expect_counts(cpu2, c2, 1, 0, 0, "the slot's other occupant");
     vck_tb_cpu_free(cpu2);
 }

@@ -94,7 +94,10 @@ struct vck_tb {
 struct vck_tb_cpu {
     _Atomic(struct vck_tb *) *jc; /* 1 << jc_bits slots */
     uint32_t jc_mask;
-    uint8_t page_bits, group_bits, pc_shift;
+    /* slot = (t & lo_mask) | ((t >> group_shift) & hi_mask), t = pc >> pc_shift */
+    uint32_t lo_mask, hi_mask;
+    uint8_t pc_shift, group_shift;
+    uint8_t page_bits, group_bits; /* group_bits: log2 of the slots per page group */
     struct vck_tb_cache *cache;
     uint64_t jc_hits, table_lookups, table_hits; /* owner-written statistics */
     struct vck_rcu_head rcu;
@@ -144,14 +147,15 @@ struct vck_tb_cpu *vck_tb_cpu_new(struct vck_tb_cache *c);
  */
 void vck_tb_cpu_free(struct vck_tb_cpu *cpu);
 
-/* The jump-cache slot of @pc: all PCs of one guest page share one group of slots. */
+/*
+ * The jump-cache slot of @pc: the low slot bits come from the PC's offset in its page (in units
+ * of instructions), the high ones from the page number alone, so all PCs of one guest page share
+ * one group of slots. Two shifts, two masks and an or.
+ */
 static inline uint32_t vck_tb_jc_slot(const struct vck_tb_cpu *cpu, uint64_t pc)
 {
-    unsigned off_bits = cpu->group_bits; /* slots per group = 1 << off_bits */
-    uint64_t page = pc >> cpu->page_bits;
-    uint32_t group = (uint32_t)(page ^ (page >> off_bits));
-    uint32_t within = (uint32_t)((pc >> cpu->pc_shift) ^ (pc >> (cpu->pc_shift + off_bits)));
-    return ((group << off_bits) | (within & ((1u << off_bits) - 1))) & cpu->jc_mask;
+    uint64_t t = pc >> cpu->pc_shift;
+    return (uint32_t)((t & cpu->lo_mask) | ((t >> cpu->group_shift) & cpu->hi_mask));
 }
 
 struct vck_tb *vck_tb_lookup_slow(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t flags,
