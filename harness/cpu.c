@@ -557,6 +557,34 @@ static bool tlb_fill(struct hart *h, uint64_t addr)
     return true;
 }
 
+/*
+ * The slow load: MMIO, page crossings, RAM whose TLB entry could not be kept. RAM is still read
+ * with host atomics (never dispatch's memcpy: other harts store to it concurrently).
+ */
+static int load_slow(struct hart *h, uint64_t addr, unsigned size, uint64_t *v)
+{
+    if ((addr & (PAGE_SIZE - 1)) + size > PAGE_SIZE) {
+        uint64_t value = 0, byte;
+        for (unsigned i = 0; i < size; i++) {
+            int cause = load_slow(h, addr + i, 1, &byte);
+            if (cause)
+                return cause;
+            value |= byte << (8 * i);
+        }
+        *v = value;
+        return 0;
+    }
+    struct vck_xlat x;
+    if (vck_dispatch_translate(h->m->dispatch, addr, size, false, &x) == VCK_MEM_OK && x.host &&
+        x.len >= size) {
+        *v = host_load(x.host, size);
+        return 0;
+    }
+    if (vck_dispatch_load(h->m->dispatch, addr, size, v) != VCK_MEM_OK)
+        return EXC_LOAD_ACCESS;
+    return 0;
+}
+
 /* A load; returns 0 or the exception cause. */
 static inline int load(struct hart *h, uint64_t addr, unsigned size, uint64_t *v)
 {
@@ -573,9 +601,7 @@ static inline int load(struct hart *h, uint64_t addr, unsigned size, uint64_t *v
         *v = host_load((const uint8_t *)(uintptr_t)(addr + e->addend), size);
         return 0;
     }
-    if (vck_dispatch_load(h->m->dispatch, addr, size, v) != VCK_MEM_OK)
-        return EXC_LOAD_ACCESS;
-    return 0;
+    return load_slow(h, addr, size, v);
 }
 
 /* The slow store: MMIO, pages that trap writes, page crossings. */
