@@ -89,14 +89,15 @@ struct hart {
     unsigned priv;
     /* CSRs */
     uint64_t mstatus, mtvec, mepc, mcause, mtval, mie, mscratch, mcounteren;
-    _Atomic uint64_t mip;
     uint64_t mcycle_base, minstret; /* mcycle = minstret here */
     /* LR/SC */
     uint64_t resv_addr, resv_value;
     bool resv_valid;
 
-    _Atomic unsigned events;
-    uint64_t fence_word; /* ThreadSanitizer builds: what full_fence() operates on */
+    /* Written by other threads: a line of their own, apart from the registers and stats. */
+    _Alignas(64) _Atomic unsigned events;
+    _Atomic uint64_t mip; /* MSIP and MTIP: the CLINT's and the timer thread's */
+    uint64_t fence_word;  /* ThreadSanitizer builds: what full_fence() operates on */
     struct tlb_entry tlb[TLB_ENTRIES];
     struct vck_tb_cpu *tbcpu;
 
@@ -110,7 +111,7 @@ struct hart {
     bool sleeping;
 
     struct hart_stats st;
-};
+} __attribute__((aligned(64))); /* harts never share a cache line (their stats and registers) */
 
 struct uart {
     pthread_mutex_t lock;

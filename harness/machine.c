@@ -522,7 +522,9 @@ struct vck_machine *vck_machine_new(const struct vck_machine_options *opts)
     m->tbc = vck_tb_cache_new(&(struct vck_tb_cache_options){.pc_shift = 1});
     m->mm = vck_memmap_new(NULL);
     m->write_trap = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_trap));
-    m->harts = calloc(m->n_harts, sizeof(*m->harts));
+    m->harts = aligned_alloc(64, m->n_harts * sizeof(*m->harts));
+    if (m->harts)
+        memset(m->harts, 0, m->n_harts * sizeof(*m->harts));
     m->mtimecmp = calloc(m->n_harts, sizeof(*m->mtimecmp));
     if (!m->tbc || !m->mm || !m->write_trap || !m->harts || !m->mtimecmp)
         goto fail;
