@@ -11,6 +11,7 @@
 #define VCK_TEST_STRESS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct vck_stress_args {
@@ -38,6 +39,31 @@ static inline uint64_t vck_rand(uint64_t *state)
 static inline uint64_t vck_rand_below(uint64_t *state, uint64_t bound)
 {
     return (uint64_t)(((unsigned __int128)vck_rand(state) * bound) >> 64);
+}
+
+/*
+ * Async-signal-safe formatting for fatal-signal handlers, which must still print a stress test's
+ * FAIL line: append @s, or @v in decimal, to @buf (at least 256 bytes) at @len; returns the new
+ * length, never past 255.
+ */
+static inline size_t vck_stress_put_str(char *buf, size_t len, const char *s)
+{
+    while (*s && len < 255)
+        buf[len++] = *s++;
+    return len;
+}
+
+static inline size_t vck_stress_put_u64(char *buf, size_t len, uint64_t v)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n && len < 255)
+        buf[len++] = digits[--n];
+    return len;
 }
 
 #endif

@@ -1418,36 +1418,17 @@ static void *reader_main(void *arg)
  * with a broken memmap). That is a failure too, and must still print the summary line.
  */
 #ifndef STRESS_SANITIZED
-static size_t put_str(char *buf, size_t len, const char *s)
-{
-    while (*s && len < 255)
-        buf[len++] = *s++;
-    return len;
-}
-
-static size_t put_u64(char *buf, size_t len, uint64_t v)
-{
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n && len < 255)
-        buf[len++] = digits[--n];
-    return len;
-}
 
 static void fault_handler(int sig)
 {
     char buf[256];
-    size_t len = put_str(buf, 0, "flatview-stress: FAIL signal ");
-    len = put_u64(buf, len, (uint64_t)sig);
-    len = put_str(buf, len, " (a fault; the asan preset shows where): errors=");
-    len = put_u64(buf, len, errors_total() + 1);
-    len = put_str(buf, len, " (faults=1) seed=");
-    len = put_u64(buf, len, run_seed);
-    len = put_str(buf, len, "\n");
+    size_t len = vck_stress_put_str(buf, 0, "flatview-stress: FAIL signal ");
+    len = vck_stress_put_u64(buf, len, (uint64_t)sig);
+    len = vck_stress_put_str(buf, len, " (a fault; the asan preset shows where): errors=");
+    len = vck_stress_put_u64(buf, len, errors_total() + 1);
+    len = vck_stress_put_str(buf, len, " (faults=1) seed=");
+    len = vck_stress_put_u64(buf, len, run_seed);
+    len = vck_stress_put_str(buf, len, "\n");
     ssize_t ignored = write(STDOUT_FILENO, buf, len);
     (void)ignored;
     _exit(1);

@@ -819,46 +819,27 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
-/* Async-signal-safe: the checker's abort (or a crash) still ends with the FAIL line. */
-static size_t put_str(char *buf, size_t n, const char *s)
-{
-    while (*s && n < 255)
-        buf[n++] = *s++;
-    return n;
-}
-
-static size_t put_u64(char *buf, size_t n, uint64_t x)
-{
-    char digits[20];
-    int k = 0;
-    do {
-        digits[k++] = (char)('0' + x % 10);
-        x /= 10;
-    } while (x);
-    while (k && n < 255)
-        buf[n++] = digits[--k];
-    return n;
-}
+/* The FAIL line survives the checker's abort or a crash (vck_stress_put_*: async-signal-safe). */
 
 static void on_fatal_signal(int sig)
 {
     struct totals t = totals();
     char buf[256];
-    size_t n = put_str(buf, 0, "tbcache-stress: FAIL lookups=");
-    n = put_u64(buf, n, t.lookups);
-    n = put_str(buf, n, " translations=");
-    n = put_u64(buf, n, t.translations);
-    n = put_str(buf, n, " invalidations=");
-    n = put_u64(buf, n, t.invalidations);
-    n = put_str(buf, n, " flushes=");
-    n = put_u64(buf, n, t.flushes);
-    n = put_str(buf, n, " errors=");
-    n = put_u64(buf, n, atomic_load(&g.errors));
-    n = put_str(buf, n, " seed=");
-    n = put_u64(buf, n, g.seed);
-    n = put_str(buf, n, sig == SIGABRT ? " aborted" : " crashed, signal ");
+    size_t n = vck_stress_put_str(buf, 0, "tbcache-stress: FAIL lookups=");
+    n = vck_stress_put_u64(buf, n, t.lookups);
+    n = vck_stress_put_str(buf, n, " translations=");
+    n = vck_stress_put_u64(buf, n, t.translations);
+    n = vck_stress_put_str(buf, n, " invalidations=");
+    n = vck_stress_put_u64(buf, n, t.invalidations);
+    n = vck_stress_put_str(buf, n, " flushes=");
+    n = vck_stress_put_u64(buf, n, t.flushes);
+    n = vck_stress_put_str(buf, n, " errors=");
+    n = vck_stress_put_u64(buf, n, atomic_load(&g.errors));
+    n = vck_stress_put_str(buf, n, " seed=");
+    n = vck_stress_put_u64(buf, n, g.seed);
+    n = vck_stress_put_str(buf, n, sig == SIGABRT ? " aborted" : " crashed, signal ");
     if (sig != SIGABRT)
-        n = put_u64(buf, n, (uint64_t)sig);
+        n = vck_stress_put_u64(buf, n, (uint64_t)sig);
     buf[n++] = '\n';
     if (write(STDOUT_FILENO, buf, n) < 0)
         _exit(1);
