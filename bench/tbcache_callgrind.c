@@ -49,9 +49,9 @@ static bool guest_phys(void *opaque, uint64_t vaddr, uint64_t *phys)
     return true;
 }
 
-/* Out of line, so that callgrind_annotate shows the loop's own instructions as one function. */
-static __attribute__((noinline)) uint64_t run_lookups(struct vck_tb_cpu *cpu, const uint64_t *pcs,
-                                                      size_t n_pcs, uint64_t n)
+/* The loop; @fixed (a constant at each call) picks vck_tb_lookup_fixed(). */
+static inline __attribute__((always_inline)) uint64_t
+lookups(struct vck_tb_cpu *cpu, const uint64_t *pcs, size_t n_pcs, uint64_t n, bool fixed)
 {
     uint64_t found = 0;
     size_t i = 0;
@@ -62,13 +62,28 @@ static __attribute__((noinline)) uint64_t run_lookups(struct vck_tb_cpu *cpu, co
             uint64_t pc = pcs[i];
             if (++i == n_pcs)
                 i = 0;
-            struct vck_tb *tb = vck_tb_lookup(cpu, pc, GUEST_FLAGS, 0, guest_phys, NULL);
+            struct vck_tb *tb = fixed ? vck_tb_lookup_fixed(cpu, pc, GUEST_FLAGS, 0, guest_phys,
+                                                            NULL, PAGE_BITS, JC_BITS, 1)
+                                      : vck_tb_lookup(cpu, pc, GUEST_FLAGS, 0, guest_phys, NULL);
             found += tb != NULL;
             vck_bench_keep(tb);
         }
         vck_rcu_read_unlock();
     }
     return found;
+}
+
+/* Out of line, so that callgrind_annotate shows the loop's own instructions as one function. */
+static __attribute__((noinline)) uint64_t run_lookups(struct vck_tb_cpu *cpu, const uint64_t *pcs,
+                                                      size_t n_pcs, uint64_t n)
+{
+    return lookups(cpu, pcs, n_pcs, n, false);
+}
+
+static __attribute__((noinline)) uint64_t
+run_lookups_fixed(struct vck_tb_cpu *cpu, const uint64_t *pcs, size_t n_pcs, uint64_t n)
+{
+    return lookups(cpu, pcs, n_pcs, n, true);
 }
 
 static __attribute__((noinline)) uint64_t run_floor(const uint64_t *pcs, size_t n_pcs, uint64_t n)
@@ -98,7 +113,7 @@ static void free_block(void *opaque, struct vck_tb *tb)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: vck-tbcache-callgrind jc|table|loop N\n");
+    fprintf(stderr, "usage: vck-tbcache-callgrind jc|jc-fixed|table|loop N\n");
     return 2;
 }
 
@@ -109,6 +124,9 @@ int main(int argc, char **argv)
     const char *mode = argv[1];
     char *end;
     uint64_t n = strtoull(argv[2], &end, 10);
+    bool fixed = !strcmp(mode, "jc-fixed");
+    if (fixed)
+        mode = "jc";
     if (*end || !n || (strcmp(mode, "jc") && strcmp(mode, "table") && strcmp(mode, "loop")))
         return usage();
 
@@ -176,7 +194,8 @@ int main(int argc, char **argv)
         if (!strcmp(mode, "jc"))
             run_lookups(cpu, pcs, n_pcs, n_pcs); /* fill the jump cache */
         uint64_t jc0 = cpu->jc_hits, table0 = cpu->table_hits;
-        uint64_t found = run_lookups(cpu, pcs, n_pcs, n);
+        uint64_t found =
+            fixed ? run_lookups_fixed(cpu, pcs, n_pcs, n) : run_lookups(cpu, pcs, n_pcs, n);
         uint64_t jc = cpu->jc_hits - jc0, table = cpu->table_hits - table0;
         printf("%s: %llu lookups over %zu PCs: %llu found, %llu jump-cache hits, %llu table hits\n",
                mode, (unsigned long long)n, n_pcs, (unsigned long long)found,

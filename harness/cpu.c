@@ -1565,7 +1565,8 @@ static enum batch_end run_batch(struct hart *h, uint64_t *protect)
             return BATCH_EVENTS;
         if (!b) {
             h->st.lookups++;
-            b = (struct block *)vck_tb_lookup(h->tbcpu, h->pc, h->priv, 0, phys_host, h);
+            b = (struct block *)vck_tb_lookup_fixed(h->tbcpu, h->pc, h->priv, 0, phys_host, h,
+                                                    PAGE_BITS, JC_BITS, 1);
             if (!b) {
                 switch (translate(h, &b, protect)) {
                 case TR_OK:

@@ -20,6 +20,7 @@
 #define PAGE_MASK (~(PAGE_SIZE - 1))
 
 #define TLB_ENTRIES     256
+#define JC_BITS         12 /* 4096 jump-cache slots per hart */
 #define MAX_BLOCK_INSNS 64
 
 /* Trap causes (privileged spec). */

@@ -519,7 +519,8 @@ struct vck_machine *vck_machine_new(const struct vck_machine_options *opts)
     m->uart.peeked = -1;
     m->uart.in_fd = (opts->uart_stdin || !isatty(STDIN_FILENO)) ? STDIN_FILENO : -1;
 
-    m->tbc = vck_tb_cache_new(&(struct vck_tb_cache_options){.pc_shift = 1});
+    m->tbc = vck_tb_cache_new(
+        &(struct vck_tb_cache_options){.page_bits = PAGE_BITS, .jc_bits = JC_BITS, .pc_shift = 1});
     m->mm = vck_memmap_new(NULL);
     m->write_trap = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_trap));
     m->harts = aligned_alloc(64, m->n_harts * sizeof(*m->harts));
