@@ -16,16 +16,16 @@
  * jump cache, physical RAM at 2 GiB seen through a linear kernel mapping (virtual = physical +
  * VA_OFFSET, so translating a PC is a subtraction and a bounds check, as cheap as a TLB hit).
  * The lookup benchmarks share one cache of 4096 blocks of 8 to 64 bytes (even sizes, 2-aligned
- * starts) in runs of 4 consecutive pages at random places in 4 MiB (CODE_PAGES): 261 pages of about
+ * starts) in runs of 4 consecutive pages at random places in the 64 MiB of RAM: 261 pages of about
  * 16 blocks each, about 1% of the blocks spanning into the next page. Each lookup benchmark has its
  * own vCPU (a fresh jump cache) and visits its keys in a long random sequence, read sequentially
  * (as in qht_micro.c: over one short permutation the branch predictor learns the walk), 64 lookups
  * per RCU read-side section, as a vCPU loop holds one section across several blocks.
  *
  * Which lookups hit the jump cache is decided by where the keys fall in it:
- *  - jc_hit uses one block per occupied jump-cache slot (about 2500 of the 4096), warmed once:
+ *  - jc_hit uses one block per occupied jump-cache slot (about 2300 of the 4096), warmed once:
  *    every lookup then hits.
- *  - table_hit uses the slots that two or more blocks share (up to 4 of each, about 2600 blocks):
+ *  - table_hit uses the slots that two or more blocks share (up to 4 of each, about 2800 blocks):
  *    each pass of the sequence visits every such slot once, in random order, taking the slot's
  *    next block in turn, so the slot always holds the block looked up on the previous pass. Every
  *    lookup misses the jump cache, finds the block in the table and refills the slot. The pass
@@ -54,19 +54,13 @@
 #include "suites.h"
 #include "vck_bench.h"
 
-#define PAGE_BITS 12
-#define PAGE_SIZE ((uint64_t)1 << PAGE_BITS)
-#define JC_BITS   12
-#define JC_SLOTS  (1u << JC_BITS)
-#define RAM_BASE  0x80000000ull
-#define RAM_SIZE  (64ull << 20)
-/*
- * Code lies in the first CODE_PAGES pages of RAM (4 MiB). Not wider: tbcache's page radix, as of
- * 2026-12-01, never looks at bits 10-23 of a page number (its level shifts are off by one
- * level), so pages 4 MiB apart share one descriptor, and vck_tb_invalidate_range() over a page
- * sharing a descriptor with a code page deadlocks on that page's lock, held by itself.
- */
-#define CODE_PAGES  1024
+#define PAGE_BITS   12
+#define PAGE_SIZE   ((uint64_t)1 << PAGE_BITS)
+#define JC_BITS     12
+#define JC_SLOTS    (1u << JC_BITS)
+#define RAM_BASE    0x80000000ull
+#define RAM_SIZE    (64ull << 20)
+#define RAM_PAGES   (RAM_SIZE / PAGE_SIZE)
 #define VA_OFFSET   0xffffffff00000000ull /* RAM_BASE appears at 0xffffffff80000000 */
 #define GUEST_FLAGS 0x3u                  /* one CPU mode for every block (say, S-mode) */
 
@@ -162,7 +156,7 @@ static uint32_t random_size(uint64_t *rng, uint32_t max)
 static struct block_desc *layout_new(size_t n, uint64_t seed)
 {
     uint64_t rng = seed;
-    size_t positions = CODE_PAGES / RUN_PAGES, made = 0;
+    size_t positions = RAM_PAGES / RUN_PAGES, made = 0;
     bool *used = xcalloc(positions, sizeof(*used));
     struct block_desc *b = xmalloc(n * sizeof(*b));
     while (made < n) {
@@ -498,12 +492,12 @@ static void page_blocks(struct block_desc *out, uint64_t page, size_t n, uint64_
 
 static uint64_t *random_pages(size_t n, uint64_t *rng)
 {
-    bool *used = xcalloc(CODE_PAGES, sizeof(*used));
+    bool *used = xcalloc(RAM_PAGES, sizeof(*used));
     uint64_t *pages = xmalloc(n * sizeof(*pages));
     for (size_t i = 0; i < n; i++) {
         uint64_t p;
         do {
-            p = rng_below(rng, CODE_PAGES);
+            p = rng_below(rng, RAM_PAGES);
         } while (used[p]);
         used[p] = true;
         pages[i] = RAM_BASE + p * PAGE_SIZE;
