@@ -39,6 +39,7 @@
  * taken (the order is page -> table bucket).
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -779,6 +780,25 @@ struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr
 
 /* ---- chaining ---------------------------------------------------------------------------- */
 
+/*
+ * A block's jump lock: a test-and-test-and-set spinlock (held for a list splice), yielding after
+ * a while so that a preempted holder gets the CPU back. Acquire on taking, release on dropping.
+ */
+static void jmp_lock(struct vck_tb *tb)
+{
+    unsigned spins = 0;
+    while (atomic_exchange_explicit(&tb->jmp_lock, 1, memory_order_acquire)) {
+        while (atomic_load_explicit(&tb->jmp_lock, memory_order_relaxed))
+            if (++spins % 128 == 0)
+                sched_yield();
+    }
+}
+
+static void jmp_unlock(struct vck_tb *tb)
+{
+    atomic_store_explicit(&tb->jmp_lock, 0, memory_order_release);
+}
+
 static void jump_set_hook(struct vck_tb_cache *c, struct vck_tb *from, int n, struct vck_tb *to)
 {
     if (c->opts.jump_set)
@@ -790,7 +810,7 @@ bool vck_tb_link(struct vck_tb *from, int n, struct vck_tb *to)
     if (n != 0 && n != 1)
         fatal("vck_tb_link: exit %d is not 0 or 1", n);
     bool linked = false;
-    pthread_spin_lock(&to->jmp_lock);
+    jmp_lock(to);
     /* Under to's jump lock: an invalidation of to sets INVALID before taking it. */
     if (!(atomic_load_explicit(&to->cflags, memory_order_relaxed) & VCK_TB_CF_INVALID)) {
         uintptr_t expected = 0;
@@ -803,14 +823,14 @@ bool vck_tb_link(struct vck_tb *from, int n, struct vck_tb *to)
             linked = true;
         }
     }
-    pthread_spin_unlock(&to->jmp_lock);
+    jmp_unlock(to);
     return linked;
 }
 
 /* @tb is being invalidated: reset every exit that jumps into it. */
 static void unlink_incoming(struct vck_tb *tb)
 {
-    pthread_spin_lock(&tb->jmp_lock);
+    jmp_lock(tb);
     uintptr_t t = tb->jmp_incoming;
     tb->jmp_incoming = 0;
     while (t) {
@@ -820,7 +840,7 @@ static void unlink_incoming(struct vck_tb *tb)
         atomic_store_explicit(&from->jmp[n].dest, 0, memory_order_release);
         jump_set_hook(tb->cache, from, n, NULL);
     }
-    pthread_spin_unlock(&tb->jmp_lock);
+    jmp_unlock(tb);
 }
 
 /* @tb is being invalidated: make its exits DEAD, unthreading them from their targets' lists. */
@@ -838,7 +858,7 @@ static void unlink_outgoing(struct vck_tb *tb)
                 continue;
             }
             struct vck_tb *to = (struct vck_tb *)d;
-            pthread_spin_lock(&to->jmp_lock);
+            jmp_lock(to);
             if (atomic_load_explicit(&tb->jmp[n].dest, memory_order_relaxed) == d) {
                 uintptr_t self = (uintptr_t)tb | (uintptr_t)n;
                 uintptr_t *link = &to->jmp_incoming;
@@ -850,10 +870,10 @@ static void unlink_outgoing(struct vck_tb *tb)
                 *link = tb->jmp[n].next;
                 atomic_store_explicit(&tb->jmp[n].dest, DEAD, memory_order_release);
                 jump_set_hook(tb->cache, tb, n, NULL);
-                pthread_spin_unlock(&to->jmp_lock);
+                jmp_unlock(to);
                 break;
             }
-            pthread_spin_unlock(&to->jmp_lock);
+            jmp_unlock(to);
         }
     }
 }
@@ -864,7 +884,6 @@ static void tb_free_rcu(struct vck_rcu_head *head)
 {
     struct vck_tb *tb = caa_container_of(head, struct vck_tb, rcu);
     struct vck_tb_cache *c = tb->cache;
-    pthread_spin_destroy(&tb->jmp_lock);
     if (c->opts.free_tb)
         c->opts.free_tb(c->opts.opaque, tb);
 }
@@ -1010,7 +1029,7 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
     tb->jmp_incoming = 0;
     atomic_init(&tb->jmp[0].dest, 0);
     atomic_init(&tb->jmp[1].dest, 0);
-    pthread_spin_init(&tb->jmp_lock, PTHREAD_PROCESS_PRIVATE);
+    atomic_init(&tb->jmp_lock, 0);
 
     bool spans = tb_spans(c, tb);
     uint64_t p0 = tb_page(c, tb, 0), p1 = spans ? tb_page(c, tb, 1) : p0;
@@ -1058,8 +1077,6 @@ unlock:
     if (result && cpu)
         jc_fill(cpu, result);
     vck_rcu_read_unlock();
-    if (result != tb)
-        pthread_spin_destroy(&tb->jmp_lock);
     return result;
 }
 

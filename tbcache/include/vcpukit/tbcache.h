@@ -85,8 +85,8 @@ struct vck_tb {
     struct vck_tb_cache *cache;
     void *table;
     uintptr_t page_next[2];
-    pthread_spinlock_t jmp_lock;
-    uintptr_t jmp_incoming; /* list of (source block | exit) jumping here, under jmp_lock */
+    _Atomic unsigned jmp_lock; /* a spinlock: 1 while held */
+    uintptr_t jmp_incoming;    /* list of (source block | exit) jumping here, under jmp_lock */
     struct vck_tb_jump jmp[2];
     struct vck_rcu_head rcu;
 };
