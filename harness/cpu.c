@@ -979,15 +979,26 @@ static bool phys_host(void *opaque, uint64_t vaddr, uint64_t *phys)
     return true;
 }
 
-/* Fetch the 16-bit parcel at @addr from RAM; false if it is not RAM. */
-static bool fetch16(struct hart *h, uint64_t addr, uint16_t *parcel)
+enum code_page { CODE_PAGE_OK, CODE_PAGE_NOT_RAM, CODE_PAGE_PROTECT };
+
+/*
+ * May the block read code from @page? It must be RAM (*@host: its host address) and already
+ * trap writes on every hart (else *@protect = @page: the caller protects it outside its section
+ * and retries); then *@gen is its invalidation generation, read before any code from it.
+ */
+static enum code_page code_page(struct hart *h, uint64_t page, uint8_t **host, uint32_t *gen,
+                                uint64_t *protect)
 {
     bool readonly;
-    uint8_t *host = ram_page_host(h, addr & PAGE_MASK, &readonly);
-    if (!host)
-        return false;
-    *parcel = (uint16_t)host_load(host + (addr & (PAGE_SIZE - 1)), 2);
-    return true;
+    *host = ram_page_host(h, page, &readonly);
+    if (!*host)
+        return CODE_PAGE_NOT_RAM;
+    if (!machine_store_trapped(h->m, page)) {
+        *protect = page;
+        return CODE_PAGE_PROTECT;
+    }
+    *gen = vck_tb_page_gen(h->m->tbc, (uintptr_t)*host);
+    return CODE_PAGE_OK;
 }
 
 /*
@@ -998,18 +1009,16 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
 {
     struct machine *m = h->m;
     uint64_t pc = h->pc, page0 = pc & PAGE_MASK, page1 = VCK_TB_NO_PAGE2;
-    if (!machine_store_trapped(m, page0)) {
-        bool ro;
-        if (!ram_page_host(h, page0, &ro))
-            goto fault;
-        *protect = page0;
-        return TR_PROTECT;
-    }
-    bool ro;
-    uint8_t *host0 = ram_page_host(h, page0, &ro), *host1 = NULL;
-    if (!host0)
+    uint8_t *host0, *host1 = NULL;
+    uint32_t gen0 = 0, gen1 = 0;
+    switch (code_page(h, page0, &host0, &gen0, protect)) {
+    case CODE_PAGE_NOT_RAM:
         goto fault;
-    uint32_t gen0 = vck_tb_page_gen(m->tbc, (uintptr_t)host0), gen1 = 0;
+    case CODE_PAGE_PROTECT:
+        return TR_PROTECT;
+    case CODE_PAGE_OK:
+        break;
+    }
     struct op ops[MAX_BLOCK_INSNS + 1];
     unsigned n = 0;
     uint64_t a = pc;
@@ -1018,46 +1027,35 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
         if (page != page0 && page != page1) {
             if (page1 != VCK_TB_NO_PAGE2)
                 break; /* never a third page */
-            if (!ram_page_host(h, page, &ro))
-                break;
-            if (!machine_store_trapped(m, page)) {
-                *protect = page;
+            enum code_page r = code_page(h, page, &host1, &gen1, protect);
+            if (r == CODE_PAGE_PROTECT)
                 return TR_PROTECT;
-            }
+            if (r == CODE_PAGE_NOT_RAM)
+                break; /* end the block before it; running there faults then */
             page1 = page;
-            host1 = ram_page_host(h, page1, &ro);
-            gen1 = vck_tb_page_gen(m->tbc, (uintptr_t)host1);
         }
-        uint16_t lo, hi;
-        if (!fetch16(h, a, &lo)) {
-            if (n == 0)
-                goto fault;
-            break;
-        }
+        /* Both pages were checked to be RAM: parcels come straight from their host memory. */
+        uint16_t lo = (uint16_t)host_load((page == page0 ? host0 : host1) + (a & ~PAGE_MASK), 2);
         struct op *o = &ops[n];
         memset(o, 0, sizeof(*o));
         if ((lo & 3) == 3) {
-            if (((a + 2) & PAGE_MASK) != page && page1 != VCK_TB_NO_PAGE2 &&
-                ((a + 2) & PAGE_MASK) != page1)
+            uint64_t next = (a + 2) & PAGE_MASK;
+            if (next != page && page1 != VCK_TB_NO_PAGE2 && next != page1)
                 break;
-            if (((a + 2) & PAGE_MASK) != page && page1 == VCK_TB_NO_PAGE2) {
+            if (next != page && page1 == VCK_TB_NO_PAGE2) {
                 /* The instruction straddles into the next page: make it part of the block. */
-                uint64_t next = (a + 2) & PAGE_MASK;
-                if (!ram_page_host(h, next, &ro)) {
+                enum code_page r = code_page(h, next, &host1, &gen1, protect);
+                if (r == CODE_PAGE_PROTECT)
+                    return TR_PROTECT;
+                if (r == CODE_PAGE_NOT_RAM) {
                     if (n == 0)
                         goto fault_at_next;
                     break;
                 }
-                if (!machine_store_trapped(m, next)) {
-                    *protect = next;
-                    return TR_PROTECT;
-                }
                 page1 = next;
-                host1 = ram_page_host(h, page1, &ro);
-                gen1 = vck_tb_page_gen(m->tbc, (uintptr_t)host1);
             }
-            if (!fetch16(h, a + 2, &hi))
-                break;
+            uint16_t hi =
+                (uint16_t)host_load((next == page0 ? host0 : host1) + ((a + 2) & ~PAGE_MASK), 2);
             uint32_t insn = lo | (uint32_t)hi << 16;
             decode32(insn, o);
             o->insn = insn;
@@ -1070,30 +1068,18 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
         o->pc_off = (uint16_t)(a - pc);
         n++;
         a += o->len;
-        if (ends_block(o->kind))
+        if (ends_block(o->kind) || n == MAX_BLOCK_INSNS)
             break;
-        if (n == MAX_BLOCK_INSNS) {
-            struct op *f = &ops[n];
-            memset(f, 0, sizeof(*f));
-            f->kind = OP_FALLTHROUGH;
-            f->rd = 32;
-            f->pc_off = (uint16_t)(a - pc);
-            f->imm = (int64_t)a;
-            break;
-        }
     }
-    unsigned n_insns = n;
-    unsigned n_ops = n + (n == MAX_BLOCK_INSNS || !ends_block(ops[n - 1].kind));
-    if (n_ops > n) {
-        /* Cut before an unfetchable instruction or a third page: fall through to it. */
-        struct op *f = &ops[n];
-        if (n != MAX_BLOCK_INSNS) {
-            memset(f, 0, sizeof(*f));
-            f->kind = OP_FALLTHROUGH;
-            f->rd = 32;
-            f->pc_off = (uint16_t)(a - pc);
-            f->imm = (int64_t)a;
-        }
+    unsigned n_insns = n, n_ops = n;
+    if (!ends_block(ops[n - 1].kind)) {
+        /* Cut at the size limit, before a third page or before non-RAM: fall through to @a. */
+        struct op *f = &ops[n_ops++];
+        memset(f, 0, sizeof(*f));
+        f->kind = OP_FALLTHROUGH;
+        f->rd = 32;
+        f->pc_off = (uint16_t)(a - pc);
+        f->imm = (int64_t)a;
     }
     size_t bytes = sizeof(struct block) + n_ops * sizeof(struct op);
     size_t mark = h->arena_used;
@@ -1106,7 +1092,7 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
     memcpy(b->ops, ops, n_ops * sizeof(struct op));
     b->tb.pc = pc;
     b->tb.phys_pc = (uintptr_t)host0 + (pc & (PAGE_SIZE - 1));
-    b->tb.phys_page2 = host1 ? (uintptr_t)host1 : VCK_TB_NO_PAGE2;
+    b->tb.phys_page2 = page1 != VCK_TB_NO_PAGE2 ? (uintptr_t)host1 : VCK_TB_NO_PAGE2;
     b->tb.flags = h->priv;
     b->tb.size = (uint32_t)(a - pc);
     b->tb.page_gen[0] = gen0;
@@ -1643,10 +1629,6 @@ void *hart_main(void *arg)
         unsigned ev = atomic_exchange_explicit(&h->events, 0, memory_order_acquire);
         if (ev & EV_STOP)
             break;
-        if (ev & EV_TLB_FLUSH) {
-            tlb_flush(h);
-            vck_tb_jc_flush_all(h->tbcpu);
-        }
         if (!check_interrupts(h))
             break;
         vck_tb_assert_no_page_locks();

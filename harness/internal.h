@@ -47,9 +47,8 @@ enum {
 
 /* Events another thread asks a hart to handle at its next block boundary. */
 enum {
-    EV_STOP = 1u << 0,      /* the machine is ending */
-    EV_TLB_FLUSH = 1u << 1, /* the memory map changed */
-    EV_IRQ = 1u << 2,       /* mip changed */
+    EV_STOP = 1u << 0, /* the machine is ending */
+    EV_IRQ = 1u << 2,  /* mip changed */
 };
 
 /* A pre-decoded instruction. Writes to x0 go to x[32], so no op tests rd. */
