@@ -166,14 +166,6 @@ static void translate_random_bsearch(struct vck_bench_state *st)
     translate_loop(st, (size_t)vck_bench_range(st), true, true, false);
 }
 
-static uint64_t next_rand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void build(struct vck_bench_state *st, bool with_map)
 {
     vck_rcu_register_thread();
@@ -184,7 +176,7 @@ static void build(struct vck_bench_state *st, bool with_map)
         abort();
     uint64_t seed = n;
     for (uint32_t i = 0; i < ORDER_LEN; i++)
-        order[i] = (uint32_t)(next_rand(&seed) % l->n_devices);
+        order[i] = (uint32_t)(vck_bench_rand(&seed) % l->n_devices);
     struct vck_memmap_stats before, after;
     vck_memmap_get_stats(l->mm, &before);
     struct vck_mr *off = NULL; /* the device disabled by the last commit, if any */

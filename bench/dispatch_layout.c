@@ -2,6 +2,7 @@
 #include <stdlib.h>
 
 #include "dispatch_layout.h"
+#include "vck_bench.h"
 
 #define DEV_BASE 0x10000000ull /* slots from 256 MiB ... */
 #define SLOT     0x10000ull    /* ... 64 KiB each: 10,000 of them end below 1 GiB */
@@ -25,15 +26,7 @@ static enum vck_mem_result dev_write(void *opaque, uint64_t offset, uint64_t val
     return VCK_MEM_OK;
 }
 
-static const struct vck_mr_ops dev_ops = {.read = dev_read, .write = dev_write};
-
-static uint64_t next_rand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+const struct vck_mr_ops dlayout_dev_ops = {.read = dev_read, .write = dev_write};
 
 static void *must(void *p, const char *what)
 {
@@ -63,7 +56,7 @@ struct dlayout *dlayout_new(size_t sections, bool with_dispatch, size_t pending_
     l->ram_addr = RAM_BASE;
     bool have_mru = false, have_ram = false;
     for (size_t i = 0; i < l->n_devices; i++) {
-        uint64_t slot = DEV_BASE + i * SLOT, r = next_rand(&seed);
+        uint64_t slot = DEV_BASE + i * SLOT, r = vck_bench_rand(&seed);
         uint64_t at, size;
         bool ram = false;
         char name[32];
@@ -99,7 +92,7 @@ struct dlayout *dlayout_new(size_t sections, bool with_dispatch, size_t pending_
             break;
         }
         struct vck_mr *mr = ram ? vck_mr_new_ram(l->mm, name, size)
-                                : vck_mr_new_mmio(l->mm, name, size, &dev_ops, NULL);
+                                : vck_mr_new_mmio(l->mm, name, size, &dlayout_dev_ops, NULL);
         l->devices[i] = must(mr, name);
         vck_mr_add_subregion(l->root, at, mr, 0);
         if (!have_mru && !ram && size == 0x1000) {
@@ -127,8 +120,8 @@ struct dlayout *dlayout_new(size_t sections, bool with_dispatch, size_t pending_
         abort();
     }
     for (size_t i = 0; i < DLAYOUT_ADDRS; i++) {
-        const struct vck_flat_range *x = &ranges[next_rand(&seed) % n];
-        l->addrs[i] = x->start + next_rand(&seed) % (x->last - x->start + 1);
+        const struct vck_flat_range *x = &ranges[vck_bench_rand(&seed) % n];
+        l->addrs[i] = x->start + vck_bench_rand(&seed) % (x->last - x->start + 1);
     }
     vck_rcu_read_unlock();
     return l;

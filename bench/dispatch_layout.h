@@ -16,6 +16,9 @@
 
 #define DLAYOUT_ADDRS (1u << 16) /* random addresses, a power of two */
 
+/* An inert device: reads return the offset, writes are dropped (flatview_bench.c uses it too). */
+extern const struct vck_mr_ops dlayout_dev_ops;
+
 struct dlayout {
     struct vck_memmap *mm;
     struct vck_as *as;

@@ -50,6 +50,7 @@
 
 #include <vcpukit/rcu.h>
 
+#include "dispatch_layout.h"
 #include "suites.h"
 #include "vck_bench.h"
 
@@ -95,34 +96,6 @@ struct map {
 /* Host memory of every small RAM device: nothing reads it, so they may all share it. */
 static unsigned char small_ram[DEV_MAX];
 
-static enum vck_mem_result dev_read(void *opaque, uint64_t offset, uint64_t *value, unsigned size)
-{
-    (void)opaque;
-    (void)size;
-    *value = offset;
-    return VCK_MEM_OK;
-}
-
-static enum vck_mem_result dev_write(void *opaque, uint64_t offset, uint64_t value, unsigned size)
-{
-    (void)opaque;
-    (void)offset;
-    (void)value;
-    (void)size;
-    return VCK_MEM_OK;
-}
-
-static const struct vck_mr_ops dev_ops = {.read = dev_read, .write = dev_write};
-
-/* splitmix64: a fixed seed gives the same map and the same access order in every run. */
-static uint64_t rng_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void *xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n, size);
@@ -156,7 +129,7 @@ static struct vck_mr *new_device(struct map *m, size_t i, uint64_t size)
     char name[32];
     snprintf(name, sizeof(name), "dev%zu", i);
     struct vck_mr *mr = i % 4 == 3 ? vck_mr_new_ram_ptr(m->mm, name, size, small_ram)
-                                   : vck_mr_new_mmio(m->mm, name, size, &dev_ops, NULL);
+                                   : vck_mr_new_mmio(m->mm, name, size, &dlayout_dev_ops, NULL);
     return check_alloc(mr, name);
 }
 
@@ -199,11 +172,11 @@ static struct map *map_build(size_t n, const struct variant *var)
             m->clusters[m->n_clusters++] = parent;
         }
         for (size_t i = first; i < first + count; i++) {
-            uint64_t size = PAGE << (rng_next(&rng) % 5); /* 4 to 64 KiB */
+            uint64_t size = PAGE << (vck_bench_rand(&rng) % 5); /* 4 to 64 KiB */
             while (size > slot / 2)
                 size >>= 1;
             const uint64_t places = (slot - size) / PAGE + 1;
-            const uint64_t addr = DEV_BASE + i * slot + (rng_next(&rng) % places) * PAGE;
+            const uint64_t addr = DEV_BASE + i * slot + (vck_bench_rand(&rng) % places) * PAGE;
             m->devices[i] = new_device(m, i, size);
             vck_mr_add_subregion(parent, addr - parent_base, m->devices[i], 0);
         }
@@ -254,7 +227,7 @@ static uint32_t *random_indices(size_t n, uint64_t seed)
 {
     uint32_t *v = xcalloc(ORDER_LEN, sizeof(*v));
     for (size_t i = 0; i < ORDER_LEN; i++)
-        v[i] = (uint32_t)(rng_next(&seed) % n);
+        v[i] = (uint32_t)(vck_bench_rand(&seed) % n);
     return v;
 }
 
@@ -269,9 +242,9 @@ static uint64_t *random_addresses(const struct vck_flatview *view, uint64_t seed
     }
     uint64_t *v = xcalloc(ADDRS_LEN, sizeof(*v));
     for (size_t i = 0; i < ADDRS_LEN; i++) {
-        const struct vck_flat_range *r = &ranges[rng_next(&seed) % n_ranges];
+        const struct vck_flat_range *r = &ranges[vck_bench_rand(&seed) % n_ranges];
         const uint64_t span = r->last - r->start; /* bytes - 1: may be 2^64 - 1 */
-        const uint64_t x = rng_next(&seed);
+        const uint64_t x = vck_bench_rand(&seed);
         v[i] = r->start + (span == UINT64_MAX ? x : x % (span + 1));
     }
     return v;

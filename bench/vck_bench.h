@@ -59,6 +59,15 @@ void vck_bench_label(struct vck_bench_state *st, const char *label);
 /* Mark the run failed with @msg; the function must still return (calling no begin/end after). */
 void vck_bench_fail(struct vck_bench_state *st, const char *msg);
 
+/* splitmix64: a seeded, repeatable sequence for building maps and access orders. */
+static inline uint64_t vck_bench_rand(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* Keep the compiler from discarding a computed value. */
 #define vck_bench_keep(v) __asm__ volatile("" : : "r"(v) : "memory")
 
