@@ -664,8 +664,8 @@ void vck_machine_print_stats(struct vck_machine *vm, FILE *out)
         if (i < m->n_harts) {
             struct hart *h = &m->harts[i];
             s = &h->st;
-            hits = h->tbcpu->jc_hits;
             looks = h->tbcpu->table_lookups;
+            hits = s->lookups - looks; /* the jump cache answered what the table did not see */
             hitsx = h->tbcpu->table_hits;
             total.insns += s->insns;
             total.blocks_translated += s->blocks_translated;

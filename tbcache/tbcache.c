@@ -106,6 +106,7 @@ struct vck_tb_cache {
     pthread_mutex_t lock;       /* the vCPU and region lists; never held across a grace period */
     pthread_mutex_t flush_lock; /* serialises flushes, which wait for grace periods */
     _Atomic uint64_t added, duplicates, stale_adds, invalidated, flushes, retries;
+    struct vck_tb jc_empty; /* what empty jump-cache slots point at: matches no lookup */
 };
 
 static void fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -557,11 +558,16 @@ size_t vck_tb_pages_count(const struct vck_tb_pages *set)
 
 /* ---- jump caches ------------------------------------------------------------------------- */
 
-static void jc_clear_slot(struct vck_tb_cpu *cpu, uint32_t slot, const struct vck_tb *tb)
+static struct vck_tb *jc_empty(const struct vck_tb_cpu *cpu)
+{
+    return &cpu->cache->jc_empty;
+}
+
+static void jc_clear_slot(struct vck_tb_cpu *cpu, size_t slot, const struct vck_tb *tb)
 {
     struct vck_tb *expected = (struct vck_tb *)tb;
-    atomic_compare_exchange_strong_explicit(&cpu->jc[slot], &expected, NULL, memory_order_seq_cst,
-                                            memory_order_relaxed);
+    atomic_compare_exchange_strong_explicit(&cpu->jc[slot], &expected, jc_empty(cpu),
+                                            memory_order_seq_cst, memory_order_relaxed);
 }
 
 void vck_tb_jc_invalidate(struct vck_tb_cache *c, const struct vck_tb *tb)
@@ -576,10 +582,16 @@ void vck_tb_jc_invalidate(struct vck_tb_cache *c, const struct vck_tb *tb)
 /* Fill @cpu's slot for @tb; undo it if @tb was invalidated meanwhile (see the design note). */
 static void jc_fill(struct vck_tb_cpu *cpu, struct vck_tb *tb)
 {
-    uint32_t slot = vck_tb_jc_slot(cpu, tb->pc);
+    size_t slot = vck_tb_jc_slot(cpu, tb->pc);
+#ifdef VCK_TB_BROKEN_JC_FILL
+    /* The stress test's broken twin: no re-check, and a window an invalidation can fall into. */
+    sched_yield();
+    atomic_store_explicit(&cpu->jc[slot], tb, memory_order_seq_cst);
+#else
     atomic_store_explicit(&cpu->jc[slot], tb, memory_order_seq_cst);
     if (atomic_load_explicit(&tb->cflags, memory_order_seq_cst) & VCK_TB_CF_INVALID)
         jc_clear_slot(cpu, slot, tb);
+#endif
 }
 
 static void jc_clear_group(struct vck_tb_cpu *cpu, uint64_t vaddr)
@@ -587,7 +599,8 @@ static void jc_clear_group(struct vck_tb_cpu *cpu, uint64_t vaddr)
     uint32_t first = vck_tb_jc_slot(cpu, vaddr & ~(((uint64_t)1 << cpu->page_bits) - 1)) &
                      ~((1u << cpu->group_bits) - 1);
     for (uint32_t i = 0; i < (1u << cpu->group_bits); i++)
-        atomic_store_explicit(&cpu->jc[(first + i) & cpu->jc_mask], NULL, memory_order_relaxed);
+        atomic_store_explicit(&cpu->jc[(first + i) & cpu->jc_mask], jc_empty(cpu),
+                              memory_order_relaxed);
 }
 
 void vck_tb_jc_flush_page(struct vck_tb_cpu *cpu, uint64_t vaddr)
@@ -600,7 +613,7 @@ void vck_tb_jc_flush_page(struct vck_tb_cpu *cpu, uint64_t vaddr)
 void vck_tb_jc_flush_all(struct vck_tb_cpu *cpu)
 {
     for (uint32_t i = 0; i <= cpu->jc_mask; i++)
-        atomic_store_explicit(&cpu->jc[i], NULL, memory_order_relaxed);
+        atomic_store_explicit(&cpu->jc[i], jc_empty(cpu), memory_order_relaxed);
 }
 
 /* ---- the block table --------------------------------------------------------------------- */
@@ -1025,6 +1038,7 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
     if (cf & VCK_TB_CF_INVALID || !tb->size)
         fatal("vck_tb_add: block with the INVALID flag or no size");
     tb->cache = c;
+    tb->jc_key = vck_tb_jc_key(tb->flags, cf);
     tb->hash = tb_hash(tb->phys_pc, tb->pc, tb->flags, cf);
     tb->jmp_incoming = 0;
     atomic_init(&tb->jmp[0].dest, 0);
@@ -1174,6 +1188,10 @@ struct vck_tb_cache *vck_tb_cache_new(const struct vck_tb_cache_options *opts)
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->flush_lock, NULL);
     c->table = table_new(c);
+    /* No lookup passes VCK_TB_CF_INVALID, so no lookup's key is this one. */
+    c->jc_empty.jc_key = vck_tb_jc_key(0, VCK_TB_CF_INVALID);
+    atomic_init(&c->jc_empty.cflags, VCK_TB_CF_INVALID);
+    c->jc_empty.cache = c;
     return c;
 }
 
@@ -1218,18 +1236,19 @@ static void cpus_update__locked(struct vck_tb_cache *c, struct vck_tb_cpu *add,
 struct vck_tb_cpu *vck_tb_cpu_new(struct vck_tb_cache *c)
 {
     /*
-     * A cache line of its own: the owner writes its hit counters on every lookup, and two vCPUs'
-     * structs side by side in the heap measured as half the guest MIPS on two harts.
+     * Cache lines of its own: the owner writes its miss counters, and two vCPUs' structs side by
+     * side in the heap (when they held hit counters) measured as half the guest MIPS on two harts.
      */
-    size_t size = (sizeof(struct vck_tb_cpu) + 63) & ~(size_t)63;
-    struct vck_tb_cpu *cpu = aligned_alloc(64, size);
-    if (cpu)
-        memset(cpu, 0, size);
     size_t slots = (size_t)1 << c->opts.jc_bits;
-    if (!cpu || !(cpu->jc = calloc(slots, sizeof(*cpu->jc)))) {
-        free(cpu);
+    size_t size =
+        (sizeof(struct vck_tb_cpu) + slots * sizeof(_Atomic(struct vck_tb *)) + 63) & ~(size_t)63;
+    struct vck_tb_cpu *cpu = aligned_alloc(64, size);
+    if (!cpu)
         return NULL;
-    }
+    memset(cpu, 0, sizeof(*cpu));
+    cpu->cache = c;
+    for (size_t i = 0; i < slots; i++)
+        atomic_init(&cpu->jc[i], jc_empty(cpu));
     cpu->jc_mask = (uint32_t)(slots - 1);
     cpu->page_bits = (uint8_t)c->opts.page_bits;
     cpu->pc_shift = (uint8_t)c->opts.pc_shift;
@@ -1241,7 +1260,6 @@ struct vck_tb_cpu *vck_tb_cpu_new(struct vck_tb_cache *c)
     cpu->group_shift = (uint8_t)(in_page - group);
     cpu->lo_mask = (1u << group) - 1;
     cpu->hi_mask = cpu->jc_mask & ~cpu->lo_mask;
-    cpu->cache = c;
     pthread_mutex_lock(&c->lock);
     cpus_update__locked(c, cpu, NULL);
     pthread_mutex_unlock(&c->lock);
@@ -1251,7 +1269,6 @@ struct vck_tb_cpu *vck_tb_cpu_new(struct vck_tb_cache *c)
 static void cpu_free_rcu(struct vck_rcu_head *head)
 {
     struct vck_tb_cpu *cpu = caa_container_of(head, struct vck_tb_cpu, rcu);
-    free(cpu->jc);
     free(cpu);
 }
 

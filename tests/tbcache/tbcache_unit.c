@@ -30,6 +30,8 @@
 #include <vcpukit/rcu.h>
 #include <vcpukit/tbcache.h>
 
+#include "stress.h" /* vck_rand() only */
+
 #define PAGE       4096ull
 #define PHYS_BASE  0x100ull /* physical page number of virtual page 0 */
 #define UNMAPPED   UINT64_MAX
@@ -201,9 +203,31 @@ static struct vck_tb *added(uint64_t pc, uint32_t size)
     return r;
 }
 
+/*
+ * The lookups look_on() made, per vCPU: a jump-cache hit counts nothing in the vCPU, so its hits
+ * are these less its table_lookups.
+ */
+static struct {
+    const struct vck_tb_cpu *cpu;
+    uint64_t n;
+} lookups_made[8];
+
+static uint64_t *lookups_made_by(const struct vck_tb_cpu *cpu)
+{
+    for (size_t i = 0; i < sizeof(lookups_made) / sizeof(lookups_made[0]); i++) {
+        if (!lookups_made[i].cpu)
+            lookups_made[i].cpu = cpu;
+        if (lookups_made[i].cpu == cpu)
+            return &lookups_made[i].n;
+    }
+    cr_assert_fail("more vCPUs than lookups_made[] tracks");
+    return NULL;
+}
+
 /* Lookups in their own read-side section; the result is only compared or read before barriers. */
 static struct vck_tb *look_on(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t flags, uint32_t cflags)
 {
+    ++*lookups_made_by(cpu);
     vck_rcu_read_lock();
     struct vck_tb *tb = vck_tb_lookup(cpu, pc, flags, cflags, phys_of, &w);
     vck_rcu_read_unlock();
@@ -226,7 +250,8 @@ struct counts {
 
 static struct counts counts_of(const struct vck_tb_cpu *cpu)
 {
-    return (struct counts){cpu->jc_hits, cpu->table_lookups, cpu->table_hits};
+    uint64_t made = *lookups_made_by(cpu);
+    return (struct counts){made - cpu->table_lookups, cpu->table_lookups, cpu->table_hits};
 }
 
 /* The vCPU's counters moved by exactly (jc, lookups, hits) since @before. */
@@ -923,7 +948,7 @@ static void reuse_as_impostor(struct vck_tb *tb)
 
 Test(tbcache, no_jump_cache_keeps_a_reclaimed_block)
 {
-    /* The jump cache's compare of cflags hides a stale slot until the memory is reused. */
+    /* A slot left holding a reclaimed block would hit once the memory holds the same key. */
     struct vck_tb_cpu *cpu2 = vck_tb_cpu_new(w.c);
     struct vck_tb *a = added(0x1000, 16), *b = added(0x2000, 16), *c = added(0x3000, 16);
     cr_expect_eq(look_on(cpu2, 0x1000, 0, 0), a);
@@ -945,6 +970,97 @@ Test(tbcache, no_jump_cache_keeps_a_reclaimed_block)
                        (unsigned long long)pc);
     }
     vck_tb_cpu_free(cpu2);
+}
+
+Test(tbcache, an_empty_slot_matches_no_lookup)
+{
+    /* Empty slots point at a sentinel whose PC is 0: the all-zero key must still miss. */
+    struct vck_tb_cpu *fresh = vck_tb_cpu_new(w.c);
+    cr_assert_not_null(fresh);
+    struct counts before = counts_of(fresh);
+    cr_expect_null(look_on(fresh, 0, 0, 0), "a fresh jump cache answered pc 0");
+    cr_expect_null(look_on(fresh, 0x40, 0, 0));
+    expect_counts(fresh, before, 0, 2, 0, "lookups in an empty jump cache");
+
+    struct blk *b = blk_new(0, 16, 0, 0);
+    cr_assert_eq(add(b, NULL), &b->tb);
+    before = counts_of(fresh);
+    cr_expect_eq(look_on(fresh, 0, 0, 0), &b->tb);
+    cr_expect_eq(look_on(fresh, 0, 0, 0), &b->tb);
+    expect_counts(fresh, before, 1, 1, 1, "a block at pc 0: table hit, then jump-cache hit");
+
+    vck_tb_jc_flush_all(fresh);
+    vck_tb_jc_flush_all(w.cpu);
+    cr_expect(vck_tb_invalidate(&b->tb));
+    before = counts_of(fresh);
+    cr_expect_null(look_on(fresh, 0, 0, 0), "a flushed slot answered pc 0");
+    cr_expect_null(look(0), "a flushed slot answered pc 0");
+    expect_counts(fresh, before, 0, 1, 0, "after flush and invalidation");
+    vck_tb_cpu_free(fresh);
+}
+
+Test(tbcache, lookup_fixed_agrees_with_lookup)
+{
+    /* The fixture's geometry as constants: 4 KiB pages, 4096 slots, byte-aligned PCs. */
+    struct vck_tb *tb[6];
+    for (int i = 0; i < 6; i++)
+        tb[i] = added(0x1000 * (uint64_t)(i + 1) + 0x24 * (uint64_t)i, 16);
+    vck_tb_jc_flush_all(w.cpu);
+    for (int round = 0; round < 2; round++) {
+        struct counts before = counts_of(w.cpu);
+        for (int i = 0; i < 6; i++) {
+            uint64_t pc = 0x1000 * (uint64_t)(i + 1) + 0x24 * (uint64_t)i;
+            ++*lookups_made_by(w.cpu);
+            vck_rcu_read_lock();
+            struct vck_tb *got = vck_tb_lookup_fixed(w.cpu, pc, 0, 0, phys_of, &w, 12, 12, 0);
+            vck_rcu_read_unlock();
+            cr_expect_eq(got, tb[i], "round %d, block %d", round, i);
+            cr_expect_null(look(pc + 1), "a PC inside block %d", i);
+        }
+        /* Round 0: table hits filling the slots lookup_fixed then reads (and look() misses). */
+        expect_counts(w.cpu, before, round ? 6 : 0, round ? 6 : 12, round ? 0 : 6, "round");
+    }
+}
+
+/*
+ * vck_tb_jc_offset_fixed() against vck_tb_jc_slot() of a real vCPU, for random geometries: the
+ * fixed-geometry lookup reads the slot the cache fills and clears.
+ */
+Test(tbcache_geometry, the_fixed_offset_is_the_slot_for_every_geometry, .timeout = 60)
+{
+    vck_rcu_register_thread();
+    uint64_t rng = 0x6a09e667f3bcc908ull;
+    for (int g = 0; g < 160; g++) {
+        /* Every page size the cache takes; jump caches up to 64K slots; PC shifts up to 4. */
+        unsigned page_bits = 1 + (unsigned)vck_rand_below(&rng, 30);
+        unsigned jc_bits = 2 + (unsigned)vck_rand_below(&rng, 15);
+        unsigned pc_shift = (unsigned)vck_rand_below(&rng, (page_bits < 4 ? page_bits : 4) + 1);
+        if (g < 4) { /* the corners: 1-byte pages, whole-page shifts, tiny and big caches */
+            page_bits = g < 2 ? 1 : 30;
+            pc_shift = g % 2 ? page_bits : 0;
+            jc_bits = g % 2 ? 2 : 16;
+        }
+        struct vck_tb_cache_options o = {
+            .page_bits = page_bits, .jc_bits = jc_bits, .pc_shift = pc_shift};
+        struct vck_tb_cache *c = vck_tb_cache_new(&o);
+        cr_assert_not_null(c);
+        struct vck_tb_cpu *cpu = vck_tb_cpu_new(c);
+        cr_assert_not_null(cpu);
+        for (int i = 0; i < 2000; i++) {
+            uint64_t pc = vck_rand(&rng);
+            if (i % 4 == 0)
+                pc &= 0xffffffull; /* small addresses too, where most guests run */
+            size_t slot = vck_tb_jc_slot(cpu, pc);
+            size_t offset = vck_tb_jc_offset_fixed(pc, page_bits, jc_bits, pc_shift);
+            cr_assert_lt(slot, (size_t)1 << jc_bits);
+            cr_assert_eq(offset, slot << VCK_TB_JC_SLOT_SCALE,
+                         "page_bits %u, jc_bits %u, pc_shift %u, pc %#llx: offset %zu, slot %zu",
+                         page_bits, jc_bits, pc_shift, (unsigned long long)pc, offset, slot);
+        }
+        vck_tb_cpu_free(cpu);
+        vck_tb_cache_free(c);
+    }
+    vck_rcu_unregister_thread();
 }
 
 /* ---- flush and reclamation --------------------------------------------------------------- */

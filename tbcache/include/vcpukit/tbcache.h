@@ -70,7 +70,12 @@ struct vck_tb_jump {
 
 struct vck_tb {
     /* Filled by the translator before vck_tb_add(); read-only afterwards. */
-    uint64_t pc;             /* virtual PC of the first instruction */
+    uint64_t pc; /* virtual PC of the first instruction */
+    /*
+     * Private: vck_tb_jc_key(flags, cflags) as added, beside @pc so that a jump-cache hit
+     * compares two adjacent words. Never changes (invalidity is tracked in @cflags).
+     */
+    uint64_t jc_key;
     uint64_t phys_pc;        /* guest physical address of the first byte */
     uint64_t phys_page2;     /* physical address of the second page's start, or VCK_TB_NO_PAGE2 */
     uint32_t flags;          /* CPU state the translation depends on (privilege, modes, ...) */
@@ -91,18 +96,38 @@ struct vck_tb {
     struct vck_rcu_head rcu;
 };
 
-/* vCPU side; the fields are private, public only so that the jump-cache hit can be inline. */
+/*
+ * vCPU side; the fields are private, public only so that the jump-cache hit can be inline, except
+ * the two statistics, which the owner may read. A jump-cache hit counts nothing (it would be a
+ * read-modify-write on every dispatch): the caller counts its lookups, and
+ * lookups - table_lookups of them hit the jump cache.
+ */
 struct vck_tb_cpu {
-    _Atomic(struct vck_tb *) *jc; /* 1 << jc_bits slots */
+    uint64_t table_lookups; /* jump-cache misses: lookups that went on to the block table */
+    uint64_t table_hits;    /* of those, the ones the table answered */
     uint32_t jc_mask;
     /* slot = (t & lo_mask) | ((t >> group_shift) & hi_mask), t = pc >> pc_shift */
     uint32_t lo_mask, hi_mask;
     uint8_t pc_shift, group_shift;
     uint8_t page_bits, group_bits; /* group_bits: log2 of the slots per page group */
     struct vck_tb_cache *cache;
-    uint64_t jc_hits, table_lookups, table_hits; /* owner-written statistics */
     struct vck_rcu_head rcu;
+    /*
+     * 1 << jc_bits slots, in the struct itself so that a hit loads no pointer to them. An empty
+     * slot holds the cache's "no block" sentinel, whose jc_key no lookup matches, rather than
+     * NULL: a hit then needs no NULL test.
+     */
+    _Atomic(struct vck_tb *) jc[];
 };
+
+/*
+ * The word a jump-cache hit compares besides the PC. Lookups never pass VCK_TB_CF_INVALID in
+ * @cflags, so no lookup's key equals the empty-slot sentinel's.
+ */
+static inline uint64_t vck_tb_jc_key(uint32_t flags, uint32_t cflags)
+{
+    return (uint64_t)cflags << 32 | flags;
+}
 
 /* The physical address of virtual @vaddr, for lookups. Return false if it is not mapped. */
 typedef bool vck_tb_phys_fn(void *opaque, uint64_t vaddr, uint64_t *phys);
@@ -153,10 +178,10 @@ void vck_tb_cpu_free(struct vck_tb_cpu *cpu);
  * of instructions), the high ones from the page number alone, so all PCs of one guest page share
  * one group of slots. Two shifts, two masks and an or.
  */
-static inline uint32_t vck_tb_jc_slot(const struct vck_tb_cpu *cpu, uint64_t pc)
+static inline size_t vck_tb_jc_slot(const struct vck_tb_cpu *cpu, uint64_t pc)
 {
     uint64_t t = pc >> cpu->pc_shift;
-    return (uint32_t)((t & cpu->lo_mask) | ((t >> cpu->group_shift) & cpu->hi_mask));
+    return (size_t)((t & cpu->lo_mask) | ((t >> cpu->group_shift) & cpu->hi_mask));
 }
 
 struct vck_tb *vck_tb_lookup_slow(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t flags,
@@ -165,7 +190,8 @@ struct vck_tb *vck_tb_lookup_slow(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t 
 /**
  * vck_tb_lookup - the valid block for (@pc, @flags, @cflags), or NULL (translate it).
  * The vCPU that owns @cpu, inside a read-side section; the block stays valid until the section
- * ends. A jump-cache hit is a few loads and compares, inline. On a miss, @phys translates the
+ * ends. A jump-cache hit is inline: the slot, one load, two compares (it need not test the
+ * block for INVALID: see jc_fill() in tbcache.c). On a miss, @phys translates the
  * virtual PC (and, for a candidate spanning two pages, its second page) and the block table is
  * searched; a hit fills the jump cache. @cflags must not include VCK_TB_CF_INVALID.
  * The caller flushes the jump cache's page group when a virtual page's mapping changes
@@ -174,34 +200,45 @@ struct vck_tb *vck_tb_lookup_slow(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t 
 static inline struct vck_tb *vck_tb_lookup(struct vck_tb_cpu *cpu, uint64_t pc, uint32_t flags,
                                            uint32_t cflags, vck_tb_phys_fn *phys, void *opaque)
 {
-    /* Pairs with the release store that filled the slot. */
+    assert(!(cflags & VCK_TB_CF_INVALID));
+    /* Pairs with the store that filled the slot (seq_cst, so at least release). */
     struct vck_tb *tb =
         atomic_load_explicit(&cpu->jc[vck_tb_jc_slot(cpu, pc)], memory_order_acquire);
-    if (__builtin_expect(tb && tb->pc == pc && tb->flags == flags &&
-                             atomic_load_explicit(&tb->cflags, memory_order_relaxed) == cflags,
-                         1)) {
-        cpu->jc_hits++;
+    if (__builtin_expect(tb->pc == pc && tb->jc_key == vck_tb_jc_key(flags, cflags), 1))
         return tb;
-    }
     return vck_tb_lookup_slow(cpu, pc, flags, cflags, phys, opaque);
 }
 
-/* vck_tb_jc_slot() for a geometry the caller knows at compile time (see vck_tb_lookup_fixed). */
-static inline uint32_t vck_tb_jc_slot_fixed(uint64_t pc, unsigned page_bits, unsigned jc_bits,
+/* log2 of a jump-cache slot's size. */
+#define VCK_TB_JC_SLOT_SCALE (sizeof(_Atomic(struct vck_tb *)) == 8 ? 3u : 2u)
+
+/*
+ * vck_tb_jc_slot() * (the slot size), for a geometry the caller knows at compile time (see
+ * vck_tb_lookup_fixed): a byte offset into the slot array, the scaling folded into the two
+ * shifts so that the load takes it as is (a scaled index costs an extra add with GCC 12). Slot
+ * bit i is PC bit i + pc_shift for the offset-in-page part and PC bit i + page_bits - group
+ * for the page-number part; offset bit i + scale is that same PC bit.
+ */
+static inline size_t vck_tb_jc_offset_fixed(uint64_t pc, unsigned page_bits, unsigned jc_bits,
                                             unsigned pc_shift)
 {
     unsigned in_page = page_bits - pc_shift, group = jc_bits / 2 < in_page ? jc_bits / 2 : in_page;
-    uint32_t lo = (1u << group) - 1, all = (1u << jc_bits) - 1;
-    uint64_t t = pc >> pc_shift;
-    return (uint32_t)((t & lo) | ((t >> (in_page - group)) & (all & ~lo)));
+    unsigned scale = VCK_TB_JC_SLOT_SCALE;
+    uint64_t lo = (((uint64_t)1 << group) - 1) << scale;
+    uint64_t all = (((uint64_t)1 << jc_bits) - 1) << scale;
+    uint64_t low = pc_shift >= scale ? pc >> (pc_shift - scale) : pc << (scale - pc_shift);
+    uint64_t high = page_bits >= group + scale ? pc >> (page_bits - group - scale)
+                                               : pc << (group + scale - page_bits);
+    return (size_t)((low & lo) | (high & (all & ~lo)));
 }
 
 /**
  * vck_tb_lookup_fixed - vck_tb_lookup() for an emulator whose geometry is a compile-time
  * constant: @page_bits, @jc_bits and @pc_shift must be the cache's (checked in debug builds).
- * With constants the slot is two constant shifts, two constant masks and an or, and the whole
- * jump-cache hit about fifteen instructions (vck-tbcache-callgrind), against about twenty-three
- * when the geometry is read from the vCPU.
+ * With constants the slot's byte offset is two constant shifts, two constant masks and an or,
+ * and the whole jump-cache hit twelve x86-64 instructions (vck-tbcache-callgrind: the offset,
+ * one load, two compare-and-branch pairs), against sixteen when the geometry is read from the
+ * vCPU.
  */
 static inline struct vck_tb *vck_tb_lookup_fixed(struct vck_tb_cpu *cpu, uint64_t pc,
                                                  uint32_t flags, uint32_t cflags,
@@ -210,15 +247,12 @@ static inline struct vck_tb *vck_tb_lookup_fixed(struct vck_tb_cpu *cpu, uint64_
                                                  unsigned pc_shift)
 {
     assert(cpu->page_bits == page_bits && cpu->pc_shift == pc_shift &&
-           cpu->jc_mask == (1u << jc_bits) - 1);
-    struct vck_tb *tb = atomic_load_explicit(
-        &cpu->jc[vck_tb_jc_slot_fixed(pc, page_bits, jc_bits, pc_shift)], memory_order_acquire);
-    if (__builtin_expect(tb && tb->pc == pc && tb->flags == flags &&
-                             atomic_load_explicit(&tb->cflags, memory_order_relaxed) == cflags,
-                         1)) {
-        cpu->jc_hits++;
+           cpu->jc_mask == (1u << jc_bits) - 1 && !(cflags & VCK_TB_CF_INVALID));
+    size_t offset = vck_tb_jc_offset_fixed(pc, page_bits, jc_bits, pc_shift);
+    struct vck_tb *tb = atomic_load_explicit((_Atomic(struct vck_tb *) *)((char *)cpu->jc + offset),
+                                             memory_order_acquire);
+    if (__builtin_expect(tb->pc == pc && tb->jc_key == vck_tb_jc_key(flags, cflags), 1))
         return tb;
-    }
     return vck_tb_lookup_slow(cpu, pc, flags, cflags, phys, opaque);
 }
 
