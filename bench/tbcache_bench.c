@@ -10,6 +10,7 @@
  *                               of a table hit (PC to physical, hash, table walk, nothing else)
  *  tbcache/invalidate/blocks_per_page/N  vck_tb_invalidate_range() over one page of N blocks
  *  tbcache/collection/pages/N   vck_tb_pages_lock() + vck_tb_pages_unlock() over N pages
+ *  tbcache/flush/blocks/N       vck_tb_flush() of N blocks with host-mapped code
  *  tbcache/flush_pause/vcpus/N  N vCPU threads look up and translate while this thread flushes
  *
  * The guest is RISC-V-like: 4 KiB pages, 2-byte instruction alignment (pc_shift 1), a 4096-slot
@@ -602,6 +603,65 @@ static void bench_collection(struct vck_bench_state *st)
     vck_rcu_unregister_thread();
 }
 
+/* ---- flush with host-mapped code --------------------------------------------------------------
+ */
+
+#define HOST_CODE_BYTES 64 /* each block's translated code, in one registered code buffer */
+
+/*
+ * One iteration is one vck_tb_flush() of N blocks whose translated code lies in one registered
+ * region, laid out one after the other as a translator fills its code buffer, so that the flush
+ * also empties the host-address map. The blocks are added again with the timer paused; the old
+ * ones are freed by liburcu's callback thread. Time per iteration: the whole flush, one grace
+ * period included.
+ */
+static void bench_flush_blocks(struct vck_bench_state *st)
+{
+    size_t n = (size_t)vck_bench_range(st);
+    vck_rcu_register_thread();
+    struct vck_tb_cache *c = cache_new();
+    struct block_desc *layout = layout_new(n, 0xf1a5400000ull + n);
+    unsigned char *code = xcalloc(n, HOST_CODE_BYTES);
+    vck_tb_code_region_add(c, code, n * HOST_CODE_BYTES);
+    uint64_t invalidated = 0;
+    bool lost = false;
+
+    uint64_t iters = vck_bench_begin(st);
+    for (uint64_t it = 0; it < iters; it++) {
+        vck_bench_pause(st);
+        for (size_t k = 0; k < n; k++) {
+            struct vck_tb *tb = translate(c, &layout[k]);
+            tb->code = code + k * HOST_CODE_BYTES;
+            tb->code_size = HOST_CODE_BYTES;
+            if (vck_tb_add(c, NULL, tb) != tb) {
+                free(tb);
+                lost = true;
+            }
+        }
+        struct vck_tb_cache_stats before;
+        vck_tb_cache_get_stats(c, &before);
+        vck_bench_resume(st);
+        vck_tb_flush(c);
+        vck_bench_pause(st);
+        struct vck_tb_cache_stats after;
+        vck_tb_cache_get_stats(c, &after);
+        invalidated += after.invalidated - before.invalidated;
+        vck_rcu_read_lock();
+        lost |= vck_tb_find_by_host(c, code) != NULL;
+        vck_rcu_read_unlock();
+        vck_bench_resume(st);
+    }
+    vck_bench_end(st);
+
+    vck_bench_items(st, (int64_t)invalidated); /* items/s: blocks flushed per second */
+    if (lost || invalidated != iters * n)
+        vck_bench_fail(st, "a block was refused, not flushed, or left in the host map");
+    vck_tb_cache_free(c);
+    free(code);
+    free(layout);
+    vck_rcu_unregister_thread();
+}
+
 /* ---- flush pause ------------------------------------------------------------------------------
  */
 
@@ -907,6 +967,10 @@ void vck_bench_register_tbcache(void)
                                                .fn = bench_collection,
                                                .args = {1, 4, 16, 64},
                                                .n_args = 4});
+    vck_bench_register(&(struct vck_bench_def){.name = "tbcache/flush/blocks",
+                                               .fn = bench_flush_blocks,
+                                               .args = {1024, 8192, 32768},
+                                               .n_args = 3});
     vck_bench_register(&(struct vck_bench_def){.name = "tbcache/flush_pause/vcpus",
                                                .fn = bench_flush_pause,
                                                .args = {1, FLUSH_MAX_CPUS},

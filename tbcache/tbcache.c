@@ -40,6 +40,7 @@
  */
 #include <errno.h>
 #include <sched.h>
+#include <search.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,8 +81,13 @@ struct tb_table {
 struct code_region {
     uintptr_t base, end;
     pthread_mutex_t lock;
-    struct vck_tb **blocks; /* sorted by code address */
-    size_t n, cap;
+    /*
+     * The region's blocks in a tsearch(3) tree (glibc's red-black tree) ordered by code range:
+     * ranges of live blocks are disjoint, so "overlaps" is "equal" and a one-byte probe finds
+     * the block containing it. Insert, delete and find are O(log n); a sorted array's memmove
+     * made a flush of N blocks O(N^2).
+     */
+    void *blocks;
 };
 
 struct region_list {
@@ -392,7 +398,10 @@ static void page_list_add__locked(struct vck_tb_cache *c, struct page_desc *pd, 
                                   struct vck_tb *tb, unsigned which)
 {
     tb->page_next[which] = pd->blocks;
+    if (pd->blocks)
+        tag_tb(pd->blocks)->page_link[tag_which(pd->blocks)] = &tb->page_next[which];
     pd->blocks = (uintptr_t)tb | which;
+    tb->page_link[which] = &pd->blocks;
     if (!atomic_load_explicit(&pd->has_code, memory_order_relaxed)) {
         atomic_store_explicit(&pd->has_code, true, memory_order_release);
         if (c->opts.page_code)
@@ -403,23 +412,19 @@ static void page_list_add__locked(struct vck_tb_cache *c, struct page_desc *pd, 
 static void page_list_remove__locked(struct vck_tb_cache *c, struct page_desc *pd, uint64_t page,
                                      struct vck_tb *tb, unsigned which)
 {
-    uintptr_t *link = &pd->blocks;
-    while (*link) {
-        struct vck_tb *t = tag_tb(*link);
-        unsigned w = tag_which(*link);
-        if (t == tb && w == which) {
-            *link = tb->page_next[which];
-            if (!pd->blocks) {
-                atomic_store_explicit(&pd->extent, 0, memory_order_relaxed);
-                atomic_store_explicit(&pd->has_code, false, memory_order_release);
-                if (c->opts.page_code)
-                    c->opts.page_code(c->opts.opaque, page << c->opts.page_bits, false);
-            }
-            return;
-        }
-        link = &t->page_next[w];
+    /* O(1): a flush removes every block of a dense page in table order, not list order. */
+    uintptr_t next = tb->page_next[which];
+    if (*tb->page_link[which] != ((uintptr_t)tb | which))
+        fatal("internal: block not on its page's list");
+    *tb->page_link[which] = next;
+    if (next)
+        tag_tb(next)->page_link[tag_which(next)] = tb->page_link[which];
+    if (!pd->blocks) {
+        atomic_store_explicit(&pd->extent, 0, memory_order_relaxed);
+        atomic_store_explicit(&pd->has_code, false, memory_order_release);
+        if (c->opts.page_code)
+            c->opts.page_code(c->opts.opaque, page << c->opts.page_bits, false);
     }
-    fatal("internal: block not on its page's list");
 }
 
 /* ---- page collections -------------------------------------------------------------------- */
@@ -693,18 +698,22 @@ static struct code_region *region_of(struct region_list *rl, uintptr_t addr)
     return NULL;
 }
 
-/* Index of the first block in @r whose code starts above @addr. Region lock held. */
-static size_t region_upper__locked(const struct code_region *r, uintptr_t addr)
+/* tdestroy(3)'s callback: the tree's keys are blocks, which the tree does not own. */
+static void tree_node_keep(void *key)
 {
-    size_t lo = 0, hi = r->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if ((uintptr_t)r->blocks[mid]->code <= addr)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    (void)key;
+}
+
+/* tsearch(3) order on code ranges; 0 when they overlap. */
+static int code_range_cmp(const void *a, const void *b)
+{
+    const struct vck_tb *x = a, *y = b;
+    uintptr_t xs = (uintptr_t)x->code, ys = (uintptr_t)y->code;
+    if (xs + x->code_size <= ys)
+        return -1;
+    if (ys + y->code_size <= xs)
+        return 1;
+    return 0;
 }
 
 static void host_map_add(struct vck_tb_cache *c, struct vck_tb *tb)
@@ -715,16 +724,13 @@ static void host_map_add(struct vck_tb_cache *c, struct vck_tb *tb)
     if (!r)
         return;
     pthread_mutex_lock(&r->lock);
-    size_t i = region_upper__locked(r, (uintptr_t)tb->code);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 64;
-        r->blocks = reallocarray(r->blocks, r->cap, sizeof(*r->blocks));
-        if (!r->blocks)
-            fatal("out of memory");
-    }
-    memmove(r->blocks + i + 1, r->blocks + i, (r->n - i) * sizeof(*r->blocks));
-    r->blocks[i] = tb;
-    r->n++;
+    void *node = tsearch(tb, &r->blocks, code_range_cmp);
+    if (!node)
+        fatal("out of memory");
+    const struct vck_tb *there = *(struct vck_tb **)node;
+    if (there != tb)
+        fatal("block code %p+%zu overlaps the code of a live block (%p+%zu)", tb->code,
+              tb->code_size, there->code, there->code_size);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -736,13 +742,11 @@ static void host_map_remove(struct vck_tb_cache *c, struct vck_tb *tb)
     if (!r)
         return;
     pthread_mutex_lock(&r->lock);
-    size_t i = region_upper__locked(r, (uintptr_t)tb->code);
-    while (i > 0 && r->blocks[i - 1] != tb && r->blocks[i - 1]->code == tb->code)
-        i--;
-    if (i > 0 && r->blocks[i - 1] == tb) {
-        memmove(r->blocks + i - 1, r->blocks + i, (r->n - i) * sizeof(*r->blocks));
-        r->n--;
-    }
+    /* Ranges are disjoint, so the node that compares equal is @tb's own. */
+    void *node = tfind(tb, &r->blocks, code_range_cmp);
+    if (!node || *(struct vck_tb **)node != tb)
+        fatal("internal: block missing from the host map");
+    tdelete(tb, &r->blocks, code_range_cmp);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -779,14 +783,11 @@ struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr
     struct code_region *r = region_of(vck_rcu_dereference(c->regions), addr);
     if (!r)
         return NULL;
-    struct vck_tb *found = NULL;
+    /* Only the two fields the order reads. */
+    struct vck_tb probe = {.code = (void *)addr, .code_size = 1};
     pthread_mutex_lock(&r->lock);
-    size_t i = region_upper__locked(r, addr);
-    if (i > 0) {
-        struct vck_tb *tb = r->blocks[i - 1];
-        if (addr < (uintptr_t)tb->code + tb->code_size)
-            found = tb;
-    }
+    void *node = tfind(&probe, &r->blocks, code_range_cmp);
+    struct vck_tb *found = node ? *(struct vck_tb **)node : NULL;
     pthread_mutex_unlock(&r->lock);
     return found;
 }
@@ -1205,7 +1206,7 @@ void vck_tb_cache_free(struct vck_tb_cache *c)
     if (c->regions) {
         for (size_t i = 0; i < c->regions->n; i++) {
             pthread_mutex_destroy(&c->regions->r[i]->lock);
-            free(c->regions->r[i]->blocks);
+            tdestroy(c->regions->r[i]->blocks, tree_node_keep); /* the blocks are gone already */
             free(c->regions->r[i]);
         }
         free(c->regions);

@@ -1366,6 +1366,92 @@ Test(tbcache, find_by_host_with_many_blocks)
         cr_expect_eq(host(buf + 100 * k + 30), k >= 16 && k < 32 ? NULL : tb[k], "block %d", k);
 }
 
+/*
+ * The host map against a byte-by-byte reference on a random walk: blocks with random disjoint
+ * code ranges come and go (invalidated one by one and by range, their code memory reused at
+ * once), and every few steps random addresses in and around the region are looked up.
+ */
+Test(tbcache, find_by_host_matches_a_reference_on_random_walks, .timeout = 60)
+{
+    enum { REGION = 2048, STEPS = 6000, MAX_CODE = 48 };
+    static char buf[REGION + 64];
+    static int owner[REGION]; /* index into w.extra of the live block there, or -1 */
+    w.n_extra = STEPS;
+    w.extra = calloc(w.n_extra, sizeof(*w.extra));
+    cr_assert_not_null(w.extra);
+    for (size_t i = 0; i < REGION; i++)
+        owner[i] = -1;
+    vck_tb_code_region_add(w.c, buf, REGION);
+    uint64_t rng = 0x3c6ef372fe94f82bull;
+    size_t made = 0, live = 0, checks = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t what = vck_rand_below(&rng, 10);
+        if (what < 6 && made < w.n_extra) {
+            /* A new block: its code where the reference says the bytes are free. */
+            size_t size = 1 + vck_rand_below(&rng, MAX_CODE);
+            size_t start = vck_rand_below(&rng, REGION - size + 1);
+            bool free_bytes = true;
+            for (size_t i = start; i < start + size && free_bytes; i++)
+                free_bytes = owner[i] < 0;
+            if (!free_bytes)
+                continue;
+            struct blk *b = &w.extra[made];
+            b->tb.pc = 4 * (uint64_t)made; /* a key of its own: never a duplicate */
+            b->tb.phys_pc = phys(b->tb.pc);
+            b->tb.phys_page2 = VCK_TB_NO_PAGE2;
+            b->tb.size = 4;
+            b->tb.page_gen[0] = vck_tb_page_gen(w.c, b->tb.phys_pc);
+            b->tb.code = buf + start;
+            b->tb.code_size = size;
+            atomic_init(&b->tb.cflags, 0);
+            cr_assert_eq(add(b, NULL), &b->tb);
+            for (size_t i = start; i < start + size; i++)
+                owner[i] = (int)made;
+            made++, live++;
+        } else if (what < 8 && live) {
+            /* Invalidate the block at a random live byte. */
+            size_t at;
+            do {
+                at = vck_rand_below(&rng, REGION);
+            } while (owner[at] < 0);
+            struct blk *b = &w.extra[owner[at]];
+            if (what == 6) {
+                cr_assert(vck_tb_invalidate(&b->tb));
+            } else {
+                /* By guest range: just this block's guest bytes (pcs are 4 bytes apart). */
+                cr_assert_eq(vck_tb_invalidate_range(w.c, b->tb.phys_pc, b->tb.phys_pc + 3), 1);
+            }
+            size_t start = (size_t)((char *)b->tb.code - buf);
+            for (size_t i = start; i < start + b->tb.code_size; i++)
+                owner[i] = -1;
+            live--;
+        } else {
+            for (int k = 0; k < 16; k++, checks++) {
+                size_t at = vck_rand_below(&rng, REGION + 64);
+                struct vck_tb *want = at < REGION && owner[at] >= 0 ? &w.extra[owner[at]].tb : NULL;
+                cr_assert_eq(host(buf + at), want, "step %d: host(buf + %zu)", step, at);
+            }
+        }
+    }
+    /* And every byte once at the end. */
+    for (size_t at = 0; at < REGION; at++)
+        cr_assert_eq(host(buf + at), owner[at] >= 0 ? &w.extra[owner[at]].tb : NULL,
+                     "host(buf + %zu) at the end", at);
+    cr_expect_gt(made, 1000, "the walk added too few blocks (%zu)", made);
+    cr_expect_gt(checks, 1000);
+}
+
+Test(tbcache, a_block_whose_code_overlaps_a_live_one_aborts, .signal = SIGABRT)
+{
+    static char buf[256];
+    vck_tb_code_region_add(w.c, buf, sizeof(buf));
+    struct blk *a = blk_new(0x1000, 16, 0, 0), *b = blk_new(0x1010, 16, 0, 0);
+    a->tb.code = buf + 10, a->tb.code_size = 20;
+    b->tb.code = buf + 29, b->tb.code_size = 4; /* a's last byte */
+    cr_assert_eq(add(a, NULL), &a->tb);
+    add(b, NULL);
+}
+
 struct publisher {
     pthread_t thread;
     char *code;

@@ -90,6 +90,7 @@ struct vck_tb {
     struct vck_tb_cache *cache;
     void *table;
     uintptr_t page_next[2];
+    uintptr_t *page_link[2];   /* the link that points at this block in page list 0 / 1 */
     _Atomic unsigned jmp_lock; /* a spinlock: 1 while held */
     uintptr_t jmp_incoming;    /* list of (source block | exit) jumping here, under jmp_lock */
     struct vck_tb_jump jmp[2];
@@ -365,7 +366,10 @@ void vck_tb_assert_no_page_locks(void);
  * (or op array) finds the block and recovers the guest state. The emulator registers the host
  * ranges it translates into (its code buffers, one per translating thread is the scalable
  * choice); blocks whose code lies in a registered region are entered at vck_tb_add() and removed
- * at invalidation. Each region has its own lock; the region list is RCU-published.
+ * at invalidation. The code ranges [code, code + code_size) of the valid blocks of a region must
+ * not overlap (vck_tb_add aborts if one does): reuse a block's code memory only after its
+ * free_tb. Each region has its own lock and a balanced tree of its blocks; the region list is
+ * RCU-published.
  */
 
 /** vck_tb_code_region_add - register [@base, @base + @size). Any registered thread. */
@@ -374,7 +378,7 @@ void vck_tb_code_region_add(struct vck_tb_cache *c, const void *base, size_t siz
 /**
  * vck_tb_find_by_host - the valid block whose code contains @host_addr, or NULL. Any registered
  * thread inside a read-side section (the block stays valid until it ends). A binary search over
- * regions (lock-free) and one region lock around a binary search over its blocks.
+ * regions (lock-free) and one region lock around an O(log n) tree search of its blocks.
  */
 struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr);
 
