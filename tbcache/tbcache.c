@@ -111,7 +111,7 @@ struct vck_tb_cache {
     struct region_list *regions;
     pthread_mutex_t lock;       /* the vCPU and region lists; never held across a grace period */
     pthread_mutex_t flush_lock; /* serialises flushes, which wait for grace periods */
-    _Atomic uint64_t added, duplicates, stale_adds, invalidated, flushes, retries;
+    _Atomic uint64_t added, duplicates, stale_adds, invalidated, flushes, retries, page_leaves;
     struct vck_tb jc_empty; /* what empty jump-cache slots point at: matches no lookup */
 };
 
@@ -238,6 +238,8 @@ static struct page_desc *page_find(struct vck_tb_cache *c, uint64_t page, bool a
             if (atomic_compare_exchange_strong_explicit(slot, &node, fresh, memory_order_acq_rel,
                                                         memory_order_acquire)) {
                 node = fresh;
+                if (level == 1)
+                    count(&c->page_leaves, 1);
             } else if (level > 1) {
                 free(fresh);
             } else {
@@ -251,6 +253,47 @@ static struct page_desc *page_find(struct vck_tb_cache *c, uint64_t page, bool a
         slot = &((_Atomic(void *) *)node)[(page >> shift) & ((1u << INNER_BITS) - 1)];
     }
     fatal("internal: page radix has no levels");
+}
+
+/*
+ * The descriptor of the first page in [*@page, @last] whose leaf exists (and that page in
+ * *@page), or NULL: absent subtrees are skipped whole, so a range costs what its present leaves
+ * hold, not its page count. With @confirm, each absent slot passed over is confirmed by an
+ * acq_rel compare-and-swap of NULL with NULL (see vck_tb_invalidate_range()). Lock-free.
+ */
+static struct page_desc *page_next_present(struct vck_tb_cache *c, uint64_t *page, uint64_t last,
+                                           bool confirm)
+{
+    uint64_t p = *page;
+    while (p <= last) {
+        _Atomic(void *) *slot = &c->root;
+        unsigned level = c->inner_levels;
+        void *node;
+        for (;;) {
+            node = atomic_load_explicit(slot, memory_order_acquire);
+            if (!node && confirm)
+                atomic_compare_exchange_strong_explicit(slot, &node, NULL, memory_order_acq_rel,
+                                                        memory_order_acquire);
+            if (!node || level == 1)
+                break;
+            unsigned shift = LEAF_BITS + (level - 2) * INNER_BITS;
+            slot = &((_Atomic(void *) *)node)[(p >> shift) & ((1u << INNER_BITS) - 1)];
+            level--;
+        }
+        if (node) {
+            *page = p;
+            return &((struct page_desc *)node)[p & ((1u << LEAF_BITS) - 1)];
+        }
+        if (level == c->inner_levels)
+            return NULL; /* no tree at all */
+        /* The absent node at @level spans 2^span_bits pages: go on after it. */
+        unsigned span_bits = LEAF_BITS + (level - 1) * INNER_BITS;
+        uint64_t next = (p | (((uint64_t)1 << span_bits) - 1)) + 1;
+        if (next == 0)
+            return NULL; /* past the top of the address space */
+        p = next;
+    }
+    return NULL;
 }
 
 static void free_tree(void *node, unsigned level)
@@ -515,19 +558,17 @@ retry:
             set->v[i].locked = true;
         }
     }
-    for (uint64_t page = first;; page++) {
-        if (page_find(c, page, false)) {
-            if (!set_add_locked(set, page))
+    for (uint64_t page = first; page_next_present(c, &page, last, false); page++) {
+        if (!set_add_locked(set, page))
+            goto busy;
+        bool found;
+        struct page_desc *pd = set->v[set_find(set, page, &found)].pd;
+        for (uintptr_t t = pd->blocks; t; t = tag_tb(t)->page_next[tag_which(t)]) {
+            struct vck_tb *tb = tag_tb(t);
+            if (!set_add_locked(set, tb_page(c, tb, 0)))
                 goto busy;
-            bool found;
-            struct page_desc *pd = set->v[set_find(set, page, &found)].pd;
-            for (uintptr_t t = pd->blocks; t; t = tag_tb(t)->page_next[tag_which(t)]) {
-                struct vck_tb *tb = tag_tb(t);
-                if (!set_add_locked(set, tb_page(c, tb, 0)))
-                    goto busy;
-                if (tb_spans(c, tb) && !set_add_locked(set, tb_page(c, tb, 1)))
-                    goto busy;
-            }
+            if (tb_spans(c, tb) && !set_add_locked(set, tb_page(c, tb, 1)))
+                goto busy;
         }
         if (page == last)
             break;
@@ -971,8 +1012,17 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
      */
     bool any_code = false;
     const uint64_t offset_mask = ((uint64_t)1 << c->opts.page_bits) - 1;
-    for (uint64_t page = first_page;; page++) {
-        struct page_desc *pd = page_find(c, page, true);
+    if (start > last)
+        return 0;
+    /*
+     * Pages without a descriptor are skipped (no memory is allocated for a range that never
+     * held code), which is safe against a translator creating the descriptor meanwhile: the
+     * skip confirms each absent slot with an acq_rel read-modify-write, and the translator's
+     * install is one too, so either this sees the new node (and bumps the page's generation) or
+     * the install reads from this thread's RMW and so sees the code stored before this call.
+     */
+    struct page_desc *pd;
+    for (uint64_t page = first_page; (pd = page_next_present(c, &page, last_page, true)); page++) {
         /* Also a release: a translator that reads the new generation sees the new code. */
         atomic_fetch_add_explicit(&pd->gen, 1, memory_order_seq_cst);
         uint64_t ext = atomic_load_explicit(&pd->extent, memory_order_seq_cst);
@@ -987,22 +1037,20 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
     if (!any_code)
         return 0;
     vck_rcu_read_lock();
-    for (uint64_t chunk = first_page;; chunk += CHUNK_PAGES) {
+    /* Chunks of CHUNK_PAGES pages, each starting at a present page (the rest hold no block). */
+    for (uint64_t chunk = first_page; page_next_present(c, &chunk, last_page, false);) {
         uint64_t chunk_last = last_page - chunk < CHUNK_PAGES ? last_page : chunk + CHUNK_PAGES - 1;
         struct vck_tb_pages set = {.cache = c};
         struct vck_tb *reclaim = NULL;
         collection_lock(&set, chunk, chunk_last);
-        for (uint64_t page = chunk;; page++) {
-            struct page_desc *pd = page_find(c, page, false);
-            if (pd) {
-                uintptr_t t = pd->blocks;
-                while (t) {
-                    struct vck_tb *tb = tag_tb(t);
-                    t = tb->page_next[tag_which(t)];
-                    if (tb_overlaps(c, tb, start, last) &&
-                        invalidate__pages_locked(c, tb, true, &reclaim))
-                        done++;
-                }
+        for (uint64_t page = chunk; (pd = page_next_present(c, &page, chunk_last, false)); page++) {
+            uintptr_t t = pd->blocks;
+            while (t) {
+                struct vck_tb *tb = tag_tb(t);
+                t = tb->page_next[tag_which(t)];
+                if (tb_overlaps(c, tb, start, last) &&
+                    invalidate__pages_locked(c, tb, true, &reclaim))
+                    done++;
             }
             if (page == chunk_last)
                 break;
@@ -1012,6 +1060,7 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
         free(set.v);
         if (chunk_last == last_page)
             break;
+        chunk = chunk_last + 1;
     }
     vck_rcu_read_unlock();
     return done;
@@ -1291,6 +1340,7 @@ void vck_tb_cache_get_stats(struct vck_tb_cache *c, struct vck_tb_cache_stats *s
         .invalidated = atomic_load_explicit(&c->invalidated, memory_order_relaxed),
         .flushes = atomic_load_explicit(&c->flushes, memory_order_relaxed),
         .collection_retries = atomic_load_explicit(&c->retries, memory_order_relaxed),
+        .page_leaves = atomic_load_explicit(&c->page_leaves, memory_order_relaxed),
     };
     st->blocks = st->added - st->invalidated;
 }

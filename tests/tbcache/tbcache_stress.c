@@ -16,7 +16,7 @@
  * words, never past the end of the space or into data). Exit 0 falls through, exit 1 branches to
  * a target encoded in the last word (either sent back to its page's start if it is data).
  * Invalidators store random words into a physical range and then invalidate it, as a guest writing
- * its own code would.
+ * its own code would; one invalidation in 400 covers the whole physical address space.
  *
  * Blocks. The fake translator copies the words into ops in its vCPU's code buffer (a registered
  * code region, so vck_tb_find_by_host can be checked) and fills a block that carries its exits,
@@ -583,18 +583,18 @@ static void *vcpu_main(void *arg)
 
 static void invalidate_logged(struct invalidator *inv, uint64_t start, uint64_t last)
 {
+    /* The guest words the range covers (it may reach far outside the space, up to all of it). */
+    uint64_t lo = (start > PHYS_BASE ? start : PHYS_BASE) & ~3ull;
+    uint64_t hi = last < PHYS_BASE + SPACE - 1 ? last : PHYS_BASE + SPACE - 1;
     /* A store to code: new words, then the invalidation that makes them visible to translators. */
-    for (uint64_t a = start & ~3ull; a <= last; a += 4) {
-        if (a >= PHYS_BASE && a < PHYS_BASE + SPACE)
-            atomic_store_explicit(&g.mem[(a - PHYS_BASE) >> 2], (uint32_t)vck_rand(&inv->rng),
-                                  memory_order_relaxed);
-    }
+    for (uint64_t a = lo; a <= hi; a += 4)
+        atomic_store_explicit(&g.mem[(a - PHYS_BASE) >> 2], (uint32_t)vck_rand(&inv->rng),
+                              memory_order_relaxed);
     uint64_t s0 = tick();
     size_t n = vck_tb_invalidate_range(g.c, start, last);
     tick();
-    for (uint64_t a = start & ~3ull; a <= last; a += 4)
-        if (a >= PHYS_BASE && a < PHYS_BASE + SPACE)
-            raise_to(&g.inval_done[(a - PHYS_BASE) >> 2], s0);
+    for (uint64_t a = lo; a <= hi; a += 4)
+        raise_to(&g.inval_done[(a - PHYS_BASE) >> 2], s0);
     bump(&inv->n.invalidations);
     for (size_t i = 0; i < n; i++)
         bump(&inv->n.blocks_invalidated);
@@ -611,6 +611,12 @@ static void random_range(struct invalidator *inv, uint64_t *start, uint64_t *las
         uint64_t page = 4 * vck_rand_below(&inv->rng, VPAGES / 4) + 3;
         *start = PHYS_BASE + page * PAGE_SIZE + PAGE_SIZE / 2 - 16 + vck_rand_below(&inv->rng, 48);
         *last = *start + vck_rand_below(&inv->rng, 24);
+        return;
+    }
+    if (r == 99 && vck_rand_below(&inv->rng, 4) == 0) {
+        /* The whole physical address space: mostly pages without descriptors, skipped. */
+        *start = 0;
+        *last = UINT64_MAX;
         return;
     }
     if (r < 80)

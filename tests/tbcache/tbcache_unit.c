@@ -598,6 +598,37 @@ Test(tbcache, pages_far_apart_have_their_own_descriptors, .timeout = 20)
         cr_expect_eq(vck_tb_invalidate_range(w.c, ppage[i] * PAGE, ppage[i] * PAGE + PAGE - 1), 1);
 }
 
+Test(tbcache, a_range_without_descriptors_allocates_nothing, .timeout = 20)
+{
+    /* Blocks on the fixture's pages and on the very last page of the physical space. */
+    struct vck_tb *low = added(0x1000, 16), *low2 = added(0x5000, 16);
+    w.map[12] = (1ull << 52) - 1;
+    struct vck_tb *top = added(12 * PAGE + 0x10, 16);
+    uint64_t leaves = stats().page_leaves;
+    cr_assert_gt(leaves, 0);
+
+    /* Every page between them has no descriptor: skipped whole, nothing allocated. */
+    cr_expect_eq(vck_tb_invalidate_range(w.c, 1ull << 30, ((1ull << 52) - 1) * PAGE - 1), 0);
+    cr_expect_eq(vck_tb_invalidate_range(w.c, 1ull << 44, 1ull << 62), 0);
+    cr_expect_eq(stats().page_leaves, leaves, "an invalidation allocated descriptors");
+    cr_expect(!is_invalid(low) && !is_invalid(low2) && !is_invalid(top));
+
+    /* An empty range: nothing, not the whole space the wrap-around would make of it. */
+    uint32_t gen = vck_tb_page_gen(w.c, phys(0x1000));
+    cr_expect_eq(vck_tb_invalidate_range(w.c, phys(0x1008), phys(0x1007)), 0);
+    cr_expect_eq(vck_tb_invalidate_range(w.c, UINT64_MAX, 0), 0);
+    cr_expect_eq(vck_tb_page_gen(w.c, phys(0x1000)), gen, "an empty range bumped a generation");
+    cr_expect(!is_invalid(low));
+
+    /* The whole space: exactly the three blocks, still without new descriptors. */
+    cr_expect_eq(vck_tb_invalidate_range(w.c, 0, UINT64_MAX), 3);
+    cr_expect(is_invalid(low) && is_invalid(low2) && is_invalid(top));
+    cr_expect_neq(vck_tb_page_gen(w.c, phys(0x1000)), gen);
+    cr_expect_eq(stats().page_leaves, leaves);
+    cr_expect_null(look(0x1000));
+    cr_expect_null(look(12 * PAGE + 0x10));
+}
+
 Test(tbcache, invalidate_range_takes_exactly_the_overlapping_blocks)
 {
     struct vck_tb *a = added(0x1000, 16);    /* [0x1000, 0x100f] */
@@ -1541,6 +1572,8 @@ Test(tbcache, statistics_count_each_outcome)
     cr_expect_eq(st.blocks, 0);
     cr_expect_eq(st.flushes, 1);
     cr_expect_eq(st.collection_retries, 0, "retries with no other thread around");
+    /* The fixture's pages are all in the radix's first leaf. */
+    cr_expect_eq(st.page_leaves, 1);
 }
 
 static void setup_small(void)

@@ -290,6 +290,9 @@ bool vck_tb_page_has_code(struct vck_tb_cache *c, uint64_t phys_addr);
  * and reclaimed after a grace period. Bumps the generation of every page in the range. Any
  * registered thread holding no page lock, inside or outside a section. Returns how many blocks
  * it invalidated. Locks pages in bounded chunks (ThreadSanitizer gives up past 64 held locks).
+ * Costs what the range's pages with descriptors hold, not its size: pages where no translator
+ * ever read a generation are skipped (nothing is allocated for them), so [0, UINT64_MAX] is a
+ * fine range. An empty range (@start > @last) invalidates nothing.
  */
 size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t last);
 
@@ -389,6 +392,7 @@ struct vck_tb_cache_stats {
     uint64_t invalidated;       /* blocks invalidated (flushes included) */
     uint64_t flushes;
     uint64_t collection_retries; /* page collections that dropped their locks and retried */
+    uint64_t page_leaves; /* page-descriptor leaves allocated, each for 1024 consecutive pages */
 };
 
 /** vck_tb_cache_get_stats - counters since creation. Any thread; relaxed snapshots. */
