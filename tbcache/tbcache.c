@@ -1102,14 +1102,25 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
 
     vck_rcu_read_lock();
     vck_tb_page_lock_pair(c, tb->phys_pc, spans ? tb->phys_page2 : VCK_TB_NO_PAGE2);
+    /* A second part on the first page itself (two virtual pages, one physical) counts too. */
+    uint32_t gen1 = spans || tb->phys_page2 == VCK_TB_NO_PAGE2 ? tb->page_gen[1] : tb->page_gen[0];
+#ifdef VCK_TB_BROKEN_EXTENT_ORDER
+    /* The stress test's broken twin: generations read before the extents cover the block. */
+    bool stale = atomic_load_explicit(&pd0->gen, memory_order_seq_cst) != tb->page_gen[0] ||
+                 (tb->phys_page2 != VCK_TB_NO_PAGE2 &&
+                  atomic_load_explicit(&pd1->gen, memory_order_seq_cst) != gen1);
+    sched_yield(); /* a window for invalidations to fall into */
+    uint64_t old0 = extent_grow__locked(c, pd0, p0, tb);
+    uint64_t old1 = spans ? extent_grow__locked(c, pd1, p1, tb) : 0;
+#else
     /* The extents first, then the generations, both seq_cst: see vck_tb_invalidate_range(). */
     uint64_t old0 = extent_grow__locked(c, pd0, p0, tb);
     uint64_t old1 = spans ? extent_grow__locked(c, pd1, p1, tb) : 0;
-    /* A second part on the first page itself (two virtual pages, one physical) counts too. */
-    uint32_t gen1 = spans || tb->phys_page2 == VCK_TB_NO_PAGE2 ? tb->page_gen[1] : tb->page_gen[0];
-    if (atomic_load_explicit(&pd0->gen, memory_order_seq_cst) != tb->page_gen[0] ||
-        (tb->phys_page2 != VCK_TB_NO_PAGE2 &&
-         atomic_load_explicit(&pd1->gen, memory_order_seq_cst) != gen1)) {
+    bool stale = atomic_load_explicit(&pd0->gen, memory_order_seq_cst) != tb->page_gen[0] ||
+                 (tb->phys_page2 != VCK_TB_NO_PAGE2 &&
+                  atomic_load_explicit(&pd1->gen, memory_order_seq_cst) != gen1);
+#endif
+    if (stale) {
         atomic_store_explicit(&pd0->extent, old0, memory_order_relaxed);
         if (spans)
             atomic_store_explicit(&pd1->extent, old1, memory_order_relaxed);

@@ -5,6 +5,8 @@
  *   --duration SECONDS  how long to run (each test has a short default for CI)
  *   --seed N            replay a run's random choices (thread timing is never replayable)
  *   --threads N         worker threads, where the test has a notion of workers
+ *   --until-fail        stop at the first failed check (tests that set accepts_until_fail):
+ *                       how a broken twin whose race is rare runs long only when it must
  * Unknown options and malformed numbers exit with status 2 and a one-line message.
  */
 #ifndef VCK_TEST_STRESS_H
@@ -18,6 +20,8 @@ struct vck_stress_args {
     double duration;
     uint64_t seed;
     int threads;
+    bool accepts_until_fail; /* set by the test: it can stop early; else --until-fail is refused */
+    bool until_fail;
 };
 
 /* Fills @args (defaults already set by the caller, seed 0 meaning "pick one") from argv. */

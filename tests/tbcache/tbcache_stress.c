@@ -899,7 +899,7 @@ static void audit(void)
 
 int main(int argc, char **argv)
 {
-    struct vck_stress_args args = {.duration = 2.0, .threads = 2};
+    struct vck_stress_args args = {.duration = 2.0, .threads = 2, .accepts_until_fail = true};
     vck_stress_parse(argc, argv, &args, "tbcache-stress");
     if (args.threads > MAX_VCPUS) {
         fprintf(stderr, "tbcache-stress: at most %d vCPU threads\n", MAX_VCPUS);
@@ -963,7 +963,7 @@ int main(int argc, char **argv)
     }
 
     vck_rcu_thread_offline();
-    while (vck_now() - g.start < args.duration) {
+    while (vck_now() - g.start < args.duration && !(args.until_fail && atomic_load(&g.errors))) {
         struct timespec pause = {0, 20 * 1000 * 1000};
         nanosleep(&pause, NULL);
         bump(&g.main_n.progress);
