@@ -88,6 +88,12 @@ struct code_region {
      * made a flush of N blocks O(N^2).
      */
     void *blocks;
+    /*
+     * Bumped (under the lock) whenever a pending entry is committed or withdrawn: a lookup that
+     * met a pending one waits for it to change rather than on the block, which a withdrawn
+     * duplicate's caller frees at once.
+     */
+    _Atomic uint64_t settled;
 };
 
 struct region_list {
@@ -759,11 +765,16 @@ static int code_range_cmp(const void *a, const void *b)
 
 static void host_map_add(struct vck_tb_cache *c, struct vck_tb *tb)
 {
+    tb->host_region = NULL;
     if (!tb->code || !tb->code_size)
         return;
     struct code_region *r = region_of(vck_rcu_dereference(c->regions), (uintptr_t)tb->code);
     if (!r)
         return;
+    /* Removal goes by this, not by a fresh search: the region may be registered after the add. */
+    tb->host_region = r;
+    /* Pending until the table insert decides: a duplicate must never be handed out. */
+    tb->host_pending = true;
     pthread_mutex_lock(&r->lock);
     void *node = tsearch(tb, &r->blocks, code_range_cmp);
     if (!node)
@@ -775,11 +786,21 @@ static void host_map_add(struct vck_tb_cache *c, struct vck_tb *tb)
     pthread_mutex_unlock(&r->lock);
 }
 
-static void host_map_remove(struct vck_tb_cache *c, struct vck_tb *tb)
+/* The block went into the table: lookups may return it from now on. */
+static void host_map_commit(struct vck_tb *tb)
 {
-    if (!tb->code || !tb->code_size)
+    struct code_region *r = tb->host_region;
+    if (!r)
         return;
-    struct code_region *r = region_of(vck_rcu_dereference(c->regions), (uintptr_t)tb->code);
+    pthread_mutex_lock(&r->lock);
+    tb->host_pending = false;
+    atomic_fetch_add_explicit(&r->settled, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void host_map_remove(struct vck_tb *tb)
+{
+    struct code_region *r = tb->host_region;
     if (!r)
         return;
     pthread_mutex_lock(&r->lock);
@@ -788,6 +809,8 @@ static void host_map_remove(struct vck_tb_cache *c, struct vck_tb *tb)
     if (!node || *(struct vck_tb **)node != tb)
         fatal("internal: block missing from the host map");
     tdelete(tb, &r->blocks, code_range_cmp);
+    if (tb->host_pending)
+        atomic_fetch_add_explicit(&r->settled, 1, memory_order_relaxed);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -826,11 +849,21 @@ struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr
         return NULL;
     /* Only the two fields the order reads. */
     struct vck_tb probe = {.code = (void *)addr, .code_size = 1};
-    pthread_mutex_lock(&r->lock);
-    void *node = tfind(&probe, &r->blocks, code_range_cmp);
-    struct vck_tb *found = node ? *(struct vck_tb **)node : NULL;
-    pthread_mutex_unlock(&r->lock);
-    return found;
+    for (unsigned spins = 0;; spins++) {
+        pthread_mutex_lock(&r->lock);
+        void *node = tfind(&probe, &r->blocks, code_range_cmp);
+        struct vck_tb *found = node ? *(struct vck_tb **)node : NULL;
+        if (!found || !found->host_pending) {
+            pthread_mutex_unlock(&r->lock);
+            return found;
+        }
+        /* Being added right now: wait until it is in the table or withdrawn (a few µs). */
+        uint64_t settled = atomic_load_explicit(&r->settled, memory_order_relaxed);
+        pthread_mutex_unlock(&r->lock);
+        while (atomic_load_explicit(&r->settled, memory_order_relaxed) == settled)
+            if (spins++ > 64)
+                sched_yield();
+    }
 }
 
 /* ---- chaining ---------------------------------------------------------------------------- */
@@ -981,7 +1014,7 @@ static bool invalidate__pages_locked(struct vck_tb_cache *c, struct vck_tb *tb, 
     vck_tb_jc_invalidate(c, tb);
     unlink_incoming(tb);
     unlink_outgoing(tb);
-    host_map_remove(c, tb);
+    host_map_remove(tb);
     count(&c->invalidated, 1);
     tb->page_next[0] = (uintptr_t)*reclaim;
     *reclaim = tb;
@@ -1005,10 +1038,10 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
     uint64_t first_page = page_of(c, start), last_page = page_of(c, last);
     /*
      * First, lock-free: bump every page's generation, then look for code. A store to a page with
-     * no block (data sharing a page with code, a page being translated right now) ends here.
-     * Against a concurrent vck_tb_add, which sets has_code and then reads the generation, both
-     * seq_cst: either this sees has_code and takes the locks below, or the add sees the new
-     * generation and refuses its block.
+     * no block under its bytes (data sharing a page with code, a page being translated right
+     * now) ends here. Against a concurrent vck_tb_add, which widens the page's code extent and
+     * then reads the generation, both seq_cst: either this sees the extent and takes the locks
+     * below, or the add sees the new generation and refuses its block.
      */
     bool any_code = false;
     const uint64_t offset_mask = ((uint64_t)1 << c->opts.page_bits) - 1;
@@ -1043,8 +1076,14 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
         struct vck_tb_pages set = {.cache = c};
         struct vck_tb *reclaim = NULL;
         collection_lock(&set, chunk, chunk_last);
-        for (uint64_t page = chunk; (pd = page_next_present(c, &page, chunk_last, false)); page++) {
-            uintptr_t t = pd->blocks;
+        /*
+         * Only the pages the collection holds: a leaf a translator installs meanwhile is not
+         * locked, and its blocks were translated from the new code (see the skip above).
+         */
+        bool found;
+        for (size_t i = set_find(&set, chunk, &found); i < set.n && set.v[i].page <= chunk_last;
+             i++) {
+            uintptr_t t = set.v[i].pd->blocks;
             while (t) {
                 struct vck_tb *tb = tag_tb(t);
                 t = tb->page_next[tag_which(t)];
@@ -1052,8 +1091,6 @@ size_t vck_tb_invalidate_range(struct vck_tb_cache *c, uint64_t start, uint64_t 
                     invalidate__pages_locked(c, tb, true, &reclaim))
                     done++;
             }
-            if (page == chunk_last)
-                break;
         }
         set_unlock_all(&set);
         reclaim_after_grace(reclaim);
@@ -1138,7 +1175,7 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
     void *existing;
     if (!vck_qht_insert(&t->qht, tb, tb->hash, &existing)) {
         /* Someone was faster: unlink ours, which nobody but this thread has seen. */
-        host_map_remove(c, tb);
+        host_map_remove(tb);
         page_list_remove__locked(c, pd0, p0, tb, 0);
         if (spans)
             page_list_remove__locked(c, pd1, p1, tb, 1);
@@ -1146,6 +1183,7 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
         result = existing;
         goto unlock;
     }
+    host_map_commit(tb);
     count(&c->added, 1);
 unlock:
     vck_tb_page_unlock_pair(c, tb->phys_pc, spans ? tb->phys_page2 : VCK_TB_NO_PAGE2);

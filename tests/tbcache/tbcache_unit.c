@@ -1054,6 +1054,102 @@ Test(tbcache, lookup_fixed_agrees_with_lookup)
 }
 
 /*
+ * An invalidation whose range crosses into a radix leaf that does not exist yet, while a
+ * translator creates that leaf and adds a block there: the invalidation must leave the new page
+ * alone (it holds no lock on it, and the block was translated after the invalidation began).
+ * The page_code hook, called with a page locked, parks each thread at the interesting moment.
+ */
+static struct leaf_race {
+    struct vck_tb_cache *c;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stage; /* 0 armed; 1 the invalidator let the translator go; 2 translator mid-add; 3 done */
+    struct vck_tb a, b;
+} lr = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .stage = -1};
+
+static void leaf_race_page_code(void *opaque, uint64_t addr, bool has_code)
+{
+    (void)opaque;
+    pthread_mutex_lock(&lr.lock);
+    if (lr.stage == 0 && !has_code && addr == 1023 * PAGE) {
+        /* The invalidator, page 1023 just emptied: let the translator add, wait till it is in. */
+        lr.stage = 1;
+        pthread_cond_broadcast(&lr.cond);
+        while (lr.stage != 2)
+            pthread_cond_wait(&lr.cond, &lr.lock);
+    } else if (lr.stage == 1 && has_code && addr == 1025 * PAGE) {
+        /* The translator, holding page 1025's lock, until the invalidation has returned. */
+        lr.stage = 2;
+        pthread_cond_broadcast(&lr.cond);
+        while (lr.stage != 3)
+            pthread_cond_wait(&lr.cond, &lr.lock);
+    }
+    pthread_mutex_unlock(&lr.lock);
+}
+
+static void leaf_race_block(struct vck_tb *tb, uint64_t pa)
+{
+    memset(tb, 0, sizeof(*tb));
+    tb->pc = pa;
+    tb->phys_pc = pa;
+    tb->phys_page2 = VCK_TB_NO_PAGE2;
+    tb->size = 16;
+    tb->page_gen[0] = vck_tb_page_gen(lr.c, pa); /* for b: creates the leaf of pages 1024.. */
+    atomic_init(&tb->cflags, 0);
+}
+
+static void *leaf_race_translator(void *arg)
+{
+    (void)arg;
+    vck_rcu_register_thread();
+    pthread_mutex_lock(&lr.lock);
+    while (lr.stage != 1)
+        pthread_cond_wait(&lr.cond, &lr.lock);
+    pthread_mutex_unlock(&lr.lock);
+    leaf_race_block(&lr.b, 1025 * PAGE + 0x40);
+    struct vck_tb *r = vck_tb_add(lr.c, NULL, &lr.b);
+    vck_rcu_unregister_thread();
+    return r;
+}
+
+Test(tbcache_race, an_invalidation_leaves_a_leaf_created_meanwhile_alone, .timeout = 20)
+{
+    vck_rcu_register_thread();
+    struct vck_tb_cache_options o = {.page_code = leaf_race_page_code};
+    lr.c = vck_tb_cache_new(&o);
+    cr_assert_not_null(lr.c);
+    leaf_race_block(&lr.a, 1023 * PAGE + 0x10); /* the last page of the first leaf */
+    cr_assert_eq(vck_tb_add(lr.c, NULL, &lr.a), &lr.a);
+    uint64_t leaves = 0;
+    struct vck_tb_cache_stats st;
+    vck_tb_cache_get_stats(lr.c, &st);
+    leaves = st.page_leaves;
+    lr.stage = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, leaf_race_translator, NULL);
+
+    size_t n = vck_tb_invalidate_range(lr.c, 1023 * PAGE, 1025 * PAGE + PAGE - 1);
+    pthread_mutex_lock(&lr.lock);
+    int stage = lr.stage;
+    lr.stage = 3;
+    pthread_cond_broadcast(&lr.cond);
+    pthread_mutex_unlock(&lr.lock);
+    void *added;
+    pthread_join(t, &added);
+
+    cr_expect_eq(stage, 2, "the translator was not mid-add during the invalidation");
+    cr_expect_eq(n, 1, "invalidated %zu blocks, not just the one on page 1023", n);
+    cr_expect(atomic_load(&lr.a.cflags) & VCK_TB_CF_INVALID);
+    cr_expect_eq(added, &lr.b, "the new block was refused");
+    cr_expect(!(atomic_load(&lr.b.cflags) & VCK_TB_CF_INVALID),
+              "the invalidation took the block on the page it never locked");
+    vck_tb_cache_get_stats(lr.c, &st);
+    cr_expect_eq(st.page_leaves, leaves + 1, "the translator's page_gen made the second leaf");
+    vck_tb_cache_free(lr.c);
+    vck_rcu_unregister_thread();
+}
+
+/*
  * vck_tb_jc_offset_fixed() against vck_tb_jc_slot() of a real vCPU, for random geometries: the
  * fixed-geometry lookup reads the slot the cache fills and clears.
  */
@@ -1470,6 +1566,23 @@ Test(tbcache, find_by_host_matches_a_reference_on_random_walks, .timeout = 60)
                      "host(buf + %zu) at the end", at);
     cr_expect_gt(made, 1000, "the walk added too few blocks (%zu)", made);
     cr_expect_gt(checks, 1000);
+}
+
+Test(tbcache, a_region_registered_after_a_block_leaves_that_block_out)
+{
+    static char buf[512];
+    struct blk *a = blk_new(0x1000, 16, 0, 0), *b = blk_new(0x1010, 16, 0, 0);
+    a->tb.code = buf + 16, a->tb.code_size = 32;
+    cr_assert_eq(add(a, w.cpu), &a->tb);
+    vck_tb_code_region_add(w.c, buf, sizeof(buf));
+    b->tb.code = buf + 100, b->tb.code_size = 32;
+    cr_assert_eq(add(b, w.cpu), &b->tb);
+    cr_expect_null(host(buf + 16), "a block added before its region was registered is mapped");
+    cr_expect_eq(host(buf + 100), &b->tb);
+    /* Removing either from the host map at invalidation finds what it entered, if anything. */
+    cr_expect(vck_tb_invalidate(&a->tb));
+    cr_expect(vck_tb_invalidate(&b->tb));
+    cr_expect_null(host(buf + 100));
 }
 
 Test(tbcache, a_block_whose_code_overlaps_a_live_one_aborts, .signal = SIGABRT)

@@ -91,6 +91,8 @@ struct vck_tb {
     void *table;
     uintptr_t page_next[2];
     uintptr_t *page_link[2];   /* the link that points at this block in page list 0 / 1 */
+    void *host_region;         /* the code region whose host map holds the block, or NULL */
+    bool host_pending;         /* in that map but not yet in the table, under its lock */
     _Atomic unsigned jmp_lock; /* a spinlock: 1 while held */
     uintptr_t jmp_incoming;    /* list of (source block | exit) jumping here, under jmp_lock */
     struct vck_tb_jump jmp[2];
@@ -104,14 +106,16 @@ struct vck_tb {
  * lookups - table_lookups of them hit the jump cache.
  */
 struct vck_tb_cpu {
-    uint64_t table_lookups; /* jump-cache misses: lookups that went on to the block table */
-    uint64_t table_hits;    /* of those, the ones the table answered */
+    /* Read by every thread that clears slots; written once. */
     uint32_t jc_mask;
     /* slot = (t & lo_mask) | ((t >> group_shift) & hi_mask), t = pc >> pc_shift */
     uint32_t lo_mask, hi_mask;
     uint8_t pc_shift, group_shift;
     uint8_t page_bits, group_bits; /* group_bits: log2 of the slots per page group */
     struct vck_tb_cache *cache;
+    /* Written by the owner on every miss: a cache line away from the above. */
+    _Alignas(64) uint64_t table_lookups; /* jump-cache misses: lookups that went to the table */
+    uint64_t table_hits;                 /* of those, the ones the table answered */
     struct vck_rcu_head rcu;
     /*
      * 1 << jc_bits slots, in the struct itself so that a hit loads no pointer to them. An empty
@@ -381,7 +385,10 @@ void vck_tb_code_region_add(struct vck_tb_cache *c, const void *base, size_t siz
 /**
  * vck_tb_find_by_host - the valid block whose code contains @host_addr, or NULL. Any registered
  * thread inside a read-side section (the block stays valid until it ends). A binary search over
- * regions (lock-free) and one region lock around an O(log n) tree search of its blocks.
+ * regions (lock-free) and one region lock around an O(log n) tree search of its blocks. A block
+ * being added is entered in the map first and handed out only once it is in the table (a
+ * duplicate that loses the race never is): a search that meets one waits those few
+ * microseconds (while its entry is pending, the adder waits for no lock a searcher holds).
  */
 struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr);
 
