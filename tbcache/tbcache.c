@@ -625,7 +625,12 @@ static void jc_clear_slot(struct vck_tb_cpu *cpu, size_t slot, const struct vck_
 void vck_tb_jc_invalidate(struct vck_tb_cache *c, const struct vck_tb *tb)
 {
     vck_rcu_read_lock();
-    struct cpu_list *cpus = vck_rcu_dereference(c->cpus);
+    /*
+     * seq_cst, like the publication in cpus_update__locked(): a vCPU that registers and then
+     * fills a slot (seq_cst) before this walk's INVALID store is in the list this load reads.
+     * An acquire load would be enough on x86 and ARMv8, not in the C11 model.
+     */
+    struct cpu_list *cpus = __atomic_load_n(&c->cpus, __ATOMIC_SEQ_CST);
     for (size_t i = 0; cpus && i < cpus->n; i++)
         jc_clear_slot(cpus->cpu[i], vck_tb_jc_slot(cpus->cpu[i], tb->pc), tb);
     vck_rcu_read_unlock();
@@ -1327,7 +1332,7 @@ static void cpus_update__locked(struct vck_tb_cache *c, struct vck_tb_cpu *add,
             l->cpu[l->n++] = old->cpu[i];
     if (add)
         l->cpu[l->n++] = add;
-    vck_rcu_assign_pointer(c->cpus, l);
+    __atomic_store_n(&c->cpus, l, __ATOMIC_SEQ_CST); /* publishes @l; see vck_tb_jc_invalidate() */
     if (old)
         vck_rcu_free(old, rcu);
 }
