@@ -934,6 +934,27 @@ static bool take_trap(struct hart *h, uint64_t cause, uint64_t tval, uint64_t pc
                     h->id, cause_name(cause), (uint64_t)(cause & ~CAUSE_INTERRUPT), pc, tval);
         return false;
     }
+    uint64_t base = h->mtvec & ~3ull;
+    uint64_t target = (h->mtvec & 1) && (cause & CAUSE_INTERRUPT) ? base + 4 * (cause & 63) : base;
+    if (!(cause & CAUSE_INTERRUPT) && pc == target && h->minstret == h->loop_minstret &&
+        cause == h->loop_cause) {
+        /*
+         * The handler's first instruction raises the same exception again, with nothing retired
+         * in between: the hart would go round forever. A thousand rounds leave room for another
+         * hart to be rewriting that code.
+         */
+        if (++h->loop_count >= 1000) {
+            machine_end(h->m, VCK_EXIT_GUEST_FAULT,
+                        "hart %u: trap loop: %s (cause %" PRIu64 ") at pc %#" PRIx64
+                        ", the trap handler's own address (mtvec %#" PRIx64 ")",
+                        h->id, cause_name(cause), cause, pc, h->mtvec);
+            return false;
+        }
+    } else {
+        h->loop_count = 0;
+        h->loop_cause = cause;
+        h->loop_minstret = h->minstret;
+    }
     h->st.traps++;
     h->mepc = pc;
     h->mcause = cause;
@@ -943,15 +964,15 @@ static bool take_trap(struct hart *h, uint64_t cause, uint64_t tval, uint64_t pc
     s = (s & ~(MSTATUS_MIE | MSTATUS_MPP)) | ((uint64_t)h->priv << 11);
     h->mstatus = s;
     h->priv = PRIV_M;
-    uint64_t base = h->mtvec & ~3ull;
-    h->pc = (h->mtvec & 1) && (cause & CAUSE_INTERRUPT) ? base + 4 * (cause & 63) : base;
+    h->pc = target;
     h->resv_valid = false;
     return true;
 }
 
 /* ---- translation ------------------------------------------------------------------------- */
 
-enum translate_result { TR_OK, TR_FAULT, TR_PROTECT, TR_ARENA_FULL };
+/* TR_RETRY: the code changed while it was read (the add was refused); look it up again. */
+enum translate_result { TR_OK, TR_FAULT, TR_PROTECT, TR_ARENA_FULL, TR_RETRY };
 
 static void *arena_alloc(struct hart *h, size_t size)
 {
@@ -993,7 +1014,7 @@ static enum code_page code_page(struct hart *h, uint64_t page, uint8_t **host, u
     *host = ram_page_host(h, page, &readonly);
     if (!*host)
         return CODE_PAGE_NOT_RAM;
-    if (!machine_store_trapped(h->m, page)) {
+    if (!machine_page_protected(h->m, page)) {
         *protect = page;
         return CODE_PAGE_PROTECT;
     }
@@ -1103,8 +1124,13 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
     if (got != &b->tb)
         h->arena_used = mark; /* ours was never published */
     if (!got) {
+        /*
+         * The code changed under us. Back to the batch loop rather than straight into another
+         * translation: another hart storing to this page in a loop can refuse thousands of adds
+         * in a row, and the loop checks events and ends its read-side section in bounded time.
+         */
         h->st.retranslations++;
-        return translate(h, out, protect); /* the code changed under us: read it again */
+        return TR_RETRY;
     }
     h->st.blocks_translated += got == &b->tb;
     *out = (struct block *)got;
@@ -1501,7 +1527,11 @@ void hart_reset(struct hart *h, uint64_t entry)
     h->mtvec = h->mepc = h->mcause = h->mtval = h->mie = h->mscratch = h->mcounteren = 0;
     h->minstret = 0;
     h->resv_valid = false;
+    h->loop_count = 0;
+    h->loop_cause = UINT64_MAX;
     atomic_store(&h->mip, 0);
+    /* Before the threads start: a stop posted to the run that ended must not end this one. */
+    atomic_store(&h->events, 0);
     tlb_flush(h);
 }
 
@@ -1566,6 +1596,8 @@ static enum batch_end run_batch(struct hart *h, uint64_t *protect)
                     return BATCH_PROTECT;
                 case TR_ARENA_FULL:
                     return BATCH_ARENA;
+                case TR_RETRY:
+                    continue;
                 }
             }
             if (prev && chain)

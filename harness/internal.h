@@ -93,6 +93,9 @@ struct hart {
     /* LR/SC */
     uint64_t resv_addr, resv_value;
     bool resv_valid;
+    /* Trap-loop detection: the last exception taken at its handler's own address. */
+    uint64_t loop_cause, loop_minstret;
+    unsigned loop_count;
 
     /* Written by other threads: a line of their own, apart from the registers and stats. */
     _Alignas(64) _Atomic unsigned events;
@@ -146,6 +149,8 @@ struct machine {
     _Atomic uint64_t map_gen;
     /* One bit per RAM page: stores to it take the slow path (code, or HTIF's tohost). */
     _Atomic uint64_t *write_trap;
+    /* One bit per RAM page: write_trap set *and* the grace period after it passed. */
+    _Atomic uint64_t *write_protected;
 
     struct hart *harts;
     unsigned n_harts;
@@ -190,9 +195,9 @@ uint64_t machine_mtime(struct machine *m);
 void machine_end(struct machine *m, int code, const char *fault_fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void machine_request_reset(struct machine *m);
-void machine_update_timer(struct machine *m);
 bool machine_store_trapped(struct machine *m, uint64_t addr);
 void machine_protect_page(struct machine *m, uint64_t page_addr);
+bool machine_page_protected(struct machine *m, uint64_t addr);
 void machine_tohost_write(struct machine *m, struct hart *h, uint64_t value);
 
 #endif

@@ -12,7 +12,9 @@
  * Code pages. Before a hart translates from a RAM page, the page is made to trap writes on every
  * hart: its bit in write_trap is set, every hart's write entry for it is cleared, and a grace
  * period passes (harts use TLB entries only inside sections, so a store already past its TLB
- * check has landed). Stores to a trapping page take the slow path, which stores and then
+ * check has landed); only then is its bit in write_protected set, which is what translation
+ * checks (a hart that sees write_trap set by another may not yet translate: that one's grace
+ * period may still be running). Stores to a trapping page take the slow path, which stores and then
  * invalidates the blocks it overwrote, bumping the page's generation so that a translation that
  * read the old bytes is refused by vck_tb_add. Bits are never cleared: a page that once held
  * code keeps taking the slow path for stores (correct; slower for a page reused as data).
@@ -52,7 +54,8 @@ uint64_t machine_mtime(struct machine *m)
 void machine_end(struct machine *m, int code, const char *fault_fmt, ...)
 {
     pthread_mutex_lock(&m->end_lock);
-    if (!m->ended) {
+    bool first = !m->ended;
+    if (first) {
         __atomic_store_n(&m->ended, true, __ATOMIC_RELEASE);
         m->exit_code = code;
         if (fault_fmt) {
@@ -64,6 +67,8 @@ void machine_end(struct machine *m, int code, const char *fault_fmt, ...)
         pthread_cond_broadcast(&m->end_cond);
     }
     pthread_mutex_unlock(&m->end_lock);
+    if (!first)
+        return; /* the harts were told already (a late stop would outlive a reset) */
     for (unsigned i = 0; i < m->n_harts; i++)
         hart_kick(&m->harts[i], EV_STOP);
     pthread_mutex_lock(&m->timer_lock);
@@ -103,13 +108,32 @@ static void trap_writes(struct machine *m, uint64_t page_addr)
     }
 }
 
+bool machine_page_protected(struct machine *m, uint64_t addr)
+{
+    if (addr < VCK_VIRT_RAM_BASE || addr - VCK_VIRT_RAM_BASE >= m->ram_size)
+        return true; /* outside main RAM every store takes the slow path, from the start */
+    uint64_t page = (addr - VCK_VIRT_RAM_BASE) >> PAGE_BITS;
+    /* Acquire: pairs with the release below, after the grace period. */
+    return atomic_load_explicit(&m->write_protected[page / 64], memory_order_acquire) >>
+               (page % 64) &
+           1;
+}
+
 void machine_protect_page(struct machine *m, uint64_t page_addr)
 {
-    if (machine_store_trapped(m, page_addr))
+    /*
+     * Not "write_trap is set": another hart may have set it and still be waiting for its grace
+     * period, with a store that passed its TLB check before the clear not yet landed. Redoing
+     * the clear is harmless, and the wait is what makes the page safe to translate from.
+     */
+    if (machine_page_protected(m, page_addr))
         return;
     trap_writes(m, page_addr);
     /* Stores that passed their TLB check before the clear are done once every section is. */
     vck_rcu_synchronize();
+    uint64_t page = (page_addr - VCK_VIRT_RAM_BASE) >> PAGE_BITS;
+    atomic_fetch_or_explicit(&m->write_protected[page / 64], 1ull << (page % 64),
+                             memory_order_release);
 }
 
 /* ---- HTIF -------------------------------------------------------------------------------- */
@@ -185,14 +209,6 @@ static void set_mip(struct hart *h, uint64_t bit, bool on)
         hart_kick(h, EV_IRQ);
 }
 
-/* Re-evaluate every hart's MTIP and wake the timer thread for its next deadline. */
-void machine_update_timer(struct machine *m)
-{
-    pthread_mutex_lock(&m->timer_lock);
-    pthread_cond_signal(&m->timer_cond);
-    pthread_mutex_unlock(&m->timer_lock);
-}
-
 static void *timer_main(void *arg)
 {
     struct machine *m = arg;
@@ -207,9 +223,8 @@ static void *timer_main(void *arg)
         }
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        uint64_t wait_ns = next == UINT64_MAX ? 100000000ull : (next - now) * 100;
-        if (wait_ns > 100000000ull)
-            wait_ns = 100000000ull;
+        /* At most 100 ms (10^6 ticks), computed before the multiply can overflow. */
+        uint64_t wait_ns = next - now < 1000000u ? (next - now) * 100 : 100000000ull;
         until.tv_nsec += (long)(wait_ns % 1000000000u);
         until.tv_sec += (time_t)(wait_ns / 1000000000u) + until.tv_nsec / 1000000000;
         until.tv_nsec %= 1000000000;
@@ -257,10 +272,16 @@ static enum vck_mem_result clint_write(void *opaque, uint64_t off, uint64_t v, u
             nv = (old & 0xffffffffull) | (v << 32);
         else
             nv = (old & ~0xffffffffull) | (uint32_t)v;
+        /*
+         * Under the timer thread's lock: otherwise it could load the old, expired value, and set
+         * MTIP after this cleared it for the new one.
+         */
+        pthread_mutex_lock(&m->timer_lock);
         atomic_store(&m->mtimecmp[h], nv);
         if (nv > machine_mtime(m))
             set_mip(&m->harts[h], MIP_MTIP, false);
-        machine_update_timer(m);
+        pthread_cond_signal(&m->timer_cond);
+        pthread_mutex_unlock(&m->timer_lock);
     }
     /* mtime is read-only here: it follows host time. */
     return VCK_MEM_OK;
@@ -523,11 +544,12 @@ struct vck_machine *vck_machine_new(const struct vck_machine_options *opts)
         &(struct vck_tb_cache_options){.page_bits = PAGE_BITS, .jc_bits = JC_BITS, .pc_shift = 1});
     m->mm = vck_memmap_new(NULL);
     m->write_trap = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_trap));
+    m->write_protected = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_protected));
     m->harts = aligned_alloc(64, m->n_harts * sizeof(*m->harts));
     if (m->harts)
         memset(m->harts, 0, m->n_harts * sizeof(*m->harts));
     m->mtimecmp = calloc(m->n_harts, sizeof(*m->mtimecmp));
-    if (!m->tbc || !m->mm || !m->write_trap || !m->harts || !m->mtimecmp)
+    if (!m->tbc || !m->mm || !m->write_trap || !m->write_protected || !m->harts || !m->mtimecmp)
         goto fail;
     for (unsigned i = 0; i < m->n_harts; i++)
         atomic_store(&m->mtimecmp[i], UINT64_MAX);
@@ -589,7 +611,10 @@ static void load_segments(struct machine *m)
 int vck_machine_run(struct vck_machine *vm)
 {
     struct machine *m = (struct machine *)vm;
-    uint64_t deadline = m->opts.timeout > 0 ? now_ns() + (uint64_t)(m->opts.timeout * 1e9) : 0;
+    /* Past about three centuries the conversion to nanoseconds would overflow: no deadline. */
+    uint64_t deadline = m->opts.timeout > 0 && m->opts.timeout < 1e10
+                            ? now_ns() + (uint64_t)(m->opts.timeout * 1e9)
+                            : 0;
     for (;;) {
         m->time_base_ns = now_ns();
         for (unsigned i = 0; i < m->n_harts; i++)
@@ -737,5 +762,6 @@ void vck_machine_free(struct vck_machine *vm)
     free(m->harts);
     free(m->mtimecmp);
     free(m->write_trap);
+    free(m->write_protected);
     free(m);
 }
