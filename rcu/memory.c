@@ -294,8 +294,17 @@ static bool is_terminal(const struct vck_mr *mr)
 /* ---- the writer lock and transactions -------------------------------------------------- */
 
 /* For changes that render nothing. */
+/*
+ * Set while a region's release callback runs, on whichever thread runs it (the writer, inside
+ * a commit with the writer lock held, or liburcu's callback thread): a map change from there
+ * could wait for a grace period under the writer lock or from inside a callback, and deadlock.
+ */
+static _Thread_local unsigned in_release_callback;
+
 static void writer_lock(struct vck_memmap *mm)
 {
+    if (in_release_callback)
+        fatal("a region's release callback tried to change the memory map");
     pthread_mutex_lock(&mm->lock);
     if (mm->in_callbacks)
         fatal("a listener or view builder tried to change the memory map");
@@ -1055,7 +1064,8 @@ static void commit__locked(struct vck_memmap *mm)
  */
 static void reclaim_own(struct vck_memmap *mm, struct vck_flatview *list)
 {
-    bool can_wait = !vck_rcu_read_ongoing();
+    /* Not inside a section, nor inside an RCU callback (a barrier there waits for itself). */
+    bool can_wait = vck_rcu_may_wait();
     bool over = atomic_load_explicit(&mm->pending_bytes, memory_order_relaxed) > mm->pending_limit;
     if (list && can_wait && over) {
         vck_rcu_synchronize();
@@ -1305,8 +1315,11 @@ void vck_mr_set_release(struct vck_mr *mr, vck_mr_release_fn *fn, void *opaque)
 
 static void region_free(struct vck_mr *mr)
 {
-    if (mr->release)
+    if (mr->release) {
+        in_release_callback++;
         mr->release(mr->release_opaque);
+        in_release_callback--;
+    }
     if (mr->mapped_bytes)
         munmap(mr->host, mr->mapped_bytes);
     free(mr->children);

@@ -65,13 +65,17 @@ void vck_rcu_synchronize(void)
 #endif
 }
 
+__thread unsigned vck_rcu_callback_depth;
+
 static void callback_trampoline(struct rcu_head *urcu)
 {
     struct vck_rcu_head *head = caa_container_of(urcu, struct vck_rcu_head, urcu);
 
     VCK_TSAN_ACQUIRE(head);                 /* pairs with vck_rcu_call() */
     VCK_TSAN_ACQUIRE(&vck_rcu_tsan_domain); /* pairs with vck_rcu_read_unlock() */
+    vck_rcu_callback_depth++;
     head->u.func(head);
+    vck_rcu_callback_depth--;
     VCK_TSAN_RELEASE(&tsan_callbacks_done); /* pairs with vck_rcu_barrier() */
 }
 

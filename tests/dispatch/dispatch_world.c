@@ -447,6 +447,8 @@ struct vck_mr *world_alias(struct world *w, struct vck_mr *target, uint64_t offs
 static void world_hook(void *opaque, uint64_t addr, uint64_t len)
 {
     struct world *w = opaque;
+    /* The hook's contract (vcpukit/dispatch.h), whichever path wrote: slow, direct or cached. */
+    cr_assert(vck_rcu_read_ongoing(), "the RAM write hook ran outside a read-side section");
     hook_log_push(&w->hooks, addr, len);
 }
 

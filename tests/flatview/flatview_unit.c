@@ -1257,6 +1257,46 @@ Test(flatview, release_runs_once_a_destroyed_region_is_reclaimed)
     fx_free(&fx);
 }
 
+/* A commit made from an RCU callback (on liburcu's callback thread) with reclamation over the
+ * limit: it must not wait for a grace period or a barrier there, which would wait for itself. */
+static struct {
+    struct vck_rcu_head head;
+    struct vck_mr *r;
+    atomic_int done;
+} from_callback;
+
+static void commit_from_callback(struct vck_rcu_head *head)
+{
+    (void)head;
+    /* Inside a section: the retired view goes to liburcu, and pending bytes pass the limit. */
+    vck_rcu_read_lock();
+    vck_mr_set_enabled(from_callback.r, false);
+    vck_rcu_read_unlock();
+    /* Outside one, over the limit: a commit elsewhere would wait for a barrier here. */
+    vck_mr_set_enabled(from_callback.r, true);
+    atomic_store(&from_callback.done, 1);
+}
+
+Test(flatview, a_commit_inside_an_rcu_callback_does_not_wait, .timeout = 20)
+{
+    struct vck_memmap *mm = mm_new_opts(0, 1); /* any pending byte is over the limit */
+    struct vck_mr *root = vck_mr_new_container(mm, "root", 0x10000);
+    from_callback.r = vck_mr_new_ram(mm, "r", 0x1000);
+    struct vck_as *as = vck_as_new(mm, "as", root);
+    cr_assert(root && from_callback.r && as);
+    vck_mr_add_subregion(root, 0x1000, from_callback.r, 0);
+    atomic_store(&from_callback.done, 0);
+    vck_rcu_call(&from_callback.head, commit_from_callback);
+    reclaim_all(); /* hangs (and the timeout fails the test) if the callback waits */
+    cr_expect_eq(atomic_load(&from_callback.done), 1);
+    vck_as_destroy(as);
+    vck_mr_del_subregion(root, from_callback.r);
+    vck_mr_destroy(from_callback.r);
+    vck_mr_destroy(root);
+    reclaim_all();
+    vck_memmap_free(mm);
+}
+
 Test(flatview, release_waits_for_a_held_view_naming_the_region)
 {
     struct fixture fx;
@@ -1912,6 +1952,29 @@ Test(flatview, listener_callbacks_may_be_null)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Lifetime rules and misuse: abort in every build type.                                     */
+
+static struct vck_mr *toggled_by_release;
+
+static void release_that_changes_the_map(void *opaque)
+{
+    (void)opaque;
+    vck_mr_set_enabled(toggled_by_release, false);
+}
+
+/* A release callback may run under the writer lock or on the callback thread: no map changes. */
+Test(flatview_abort, a_release_callback_that_changes_the_map, .signal = SIGABRT)
+{
+    struct vck_memmap *mm = mm_new_opts(0, 0);
+    struct vck_mr *root = vck_mr_new_container(mm, "root", 0x10000);
+    struct vck_mr *r = vck_mr_new_ram(mm, "r", 0x100);
+    toggled_by_release = vck_mr_new_ram(mm, "other", 0x100);
+    struct vck_as *as = vck_as_new(mm, "as", root);
+    cr_assert(root && r && toggled_by_release && as);
+    vck_mr_add_subregion(root, 0x1000, toggled_by_release, 0);
+    vck_mr_set_release(r, release_that_changes_the_map, NULL);
+    vck_mr_destroy(r); /* never mapped: reclaimed now or on the callback thread */
+    reclaim_all();
+}
 
 Test(flatview_abort, destroying_a_child_of_a_container, .signal = SIGABRT)
 {

@@ -159,8 +159,8 @@ void vck_dispatch_map_stats(const struct vck_dispatch *d, const struct vck_flatv
  * the address space (vcpukit/rcu.h) and rebuild them in its commit callback, publishing the new
  * set to the device's threads as it publishes anything else (e.g. with RCU).
  *
- * Any thread may use a cache once initialised (it is read-only); initialising, destroying and
- * re-initialising it are the owner's.
+ * Any registered thread may use a cache once initialised (it is read-only); initialising,
+ * destroying and re-initialising it are the owner's.
  */
 struct vck_mrc {
     uint8_t *host; /* the whole range is directly accessible RAM: its host address, else NULL */
@@ -191,7 +191,8 @@ enum vck_mem_result vck_mrc_write_slow(const struct vck_mrc *c, uint64_t offset,
 
 /**
  * vck_mrc_read - read @n bytes at @offset into the cached range (asserted to fit).
- * Any thread. Direct: a memcpy. Otherwise the slow path, with vck_dispatch_read()'s rules.
+ * Any registered thread. Direct: a memcpy. Otherwise the slow path, with vck_dispatch_read()'s
+ * rules.
  */
 static inline enum vck_mem_result vck_mrc_read(const struct vck_mrc *c, uint64_t offset, void *buf,
                                                uint64_t n)
@@ -214,8 +215,12 @@ static inline enum vck_mem_result vck_mrc_write(const struct vck_mrc *c, uint64_
     assert(c->is_write && offset <= c->len && n <= c->len - offset);
     if (__builtin_expect(c->host != NULL, 1)) {
         memcpy(c->host + offset, buf, n);
-        if (c->ram_write && n)
+        if (c->ram_write && n) {
+            /* The hook's contract: it runs inside a read-side section (see above). */
+            vck_rcu_read_lock();
             c->ram_write(c->ram_write_opaque, c->addr + offset, n);
+            vck_rcu_read_unlock();
+        }
         return VCK_MEM_OK;
     }
     return vck_mrc_write_slow(c, offset, buf, n);

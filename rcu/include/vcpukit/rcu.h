@@ -181,6 +181,22 @@ static inline bool vck_rcu_read_ongoing(void)
 #endif
 }
 
+/*
+ * Depth of vck_rcu_call() callbacks running on the calling thread (liburcu's callback thread,
+ * or any thread that runs them): waiting for a grace period or a barrier there deadlocks.
+ */
+extern __thread unsigned vck_rcu_callback_depth;
+
+/**
+ * vck_rcu_may_wait - whether the calling thread may wait for a grace period or a barrier now:
+ * not inside a read-side section and not inside an RCU callback. A registered thread, or the
+ * callback thread.
+ */
+static inline bool vck_rcu_may_wait(void)
+{
+    return !vck_rcu_callback_depth && !vck_rcu_read_ongoing();
+}
+
 /**
  * vck_rcu_quiescent_state - report that the calling thread holds no RCU-protected pointer.
  * A registered thread, outside any read-side section. qsbr: a grace period cannot end until
@@ -335,7 +351,11 @@ struct vck_mr_ops {
     bool unaligned;      /* the callbacks accept offsets not aligned to the access size */
 };
 
-/* Called once when a region's memory is reclaimed: no view can reach the region any more. */
+/*
+ * Called once when a region's memory is reclaimed: no view can reach the region any more. It
+ * may run inside a commit (with the writer lock held) or on liburcu's callback thread, so it
+ * must not change the memory map (that aborts) or wait for a grace period.
+ */
 typedef void vck_mr_release_fn(void *opaque);
 
 /* One range of a flat view. @mr is RAM or MMIO, never a container or an alias. */
@@ -353,7 +373,10 @@ struct vck_memmap_options {
      * Bytes of retired views (and their derived data) awaiting reclamation above which a commit
      * made outside a read-side section waits for reclamation (vck_rcu_barrier) before returning,
      * so a storm of commits cannot pile up views. 0 means the default, 4 MiB; SIZE_MAX never
-     * waits. A commit made inside a read-side section cannot wait and never does.
+     * waits. A commit made inside a read-side section cannot wait and never does. Every
+     * mutator commits, so: an emulator whose writers hold a lock that readers also take inside
+     * their sections (QEMU's big lock, taken by a vCPU doing MMIO) must set SIZE_MAX, or that
+     * wait deadlocks; reclamation then relies on liburcu's callback thread alone.
      */
     size_t pending_limit;
     unsigned flags;
