@@ -1029,6 +1029,8 @@ static enum code_page code_page(struct hart *h, uint64_t page, uint8_t **host, u
 static enum translate_result translate(struct hart *h, struct block **out, uint64_t *protect)
 {
     struct machine *m = h->m;
+    /* seq_cst: pairs with on_commit()'s bump (see the re-check after the add). */
+    uint64_t map_gen = atomic_load_explicit(&m->map_gen, memory_order_seq_cst);
     uint64_t pc = h->pc, page0 = pc & PAGE_MASK, page1 = VCK_TB_NO_PAGE2;
     uint8_t *host0, *host1 = NULL;
     uint32_t gen0 = 0, gen1 = 0;
@@ -1129,6 +1131,16 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
          * translation: another hart storing to this page in a loop can refuse thousands of adds
          * in a row, and the loop checks events and ends its read-side section in bounded time.
          */
+        h->st.retranslations++;
+        return TR_RETRY;
+    }
+    if (atomic_load_explicit(&m->map_gen, memory_order_seq_cst) != map_gen) {
+        /*
+         * The map changed while we translated, maybe from the old view (this section may have
+         * begun before the new one was published), and on_commit()'s invalidation of the
+         * ranges that went may have run before our add: drop the block and look up again.
+         */
+        vck_tb_invalidate(got);
         h->st.retranslations++;
         return TR_RETRY;
     }

@@ -142,6 +142,11 @@ struct machine {
     struct vck_dispatch *dispatch;
     struct vck_tb_cache *tbc;
     struct vck_mem_listener listener;
+    /* Host ranges of RAM the current commit unmapped: their blocks go at its end (writer lock). */
+    struct host_range {
+        uintptr_t start, last;
+    } * gone;
+    size_t n_gone, cap_gone;
 
     uint8_t *ram_host;
     uint64_t ram_size;

@@ -4,10 +4,11 @@
  *
  * Only this file knows the memory map. Devices are MMIO regions whose callbacks run on the
  * accessing hart's thread, inside its read-side section; the remap device changes the memory
- * map from inside one (the memmap never waits for a grace period there). A listener turns every
- * topology change into a TLB flush that each hart applies at its next block boundary (and drops
- * the blocks of RAM that went away); harts only use TLB entries inside read-side sections and
- * flush between them, so no entry outlives the region it points into.
+ * map from inside one (the memmap never waits for a grace period there). A listener's commit
+ * bumps map_gen, clears every hart's TLB and jump cache at once, and then invalidates the blocks
+ * of RAM that went away; a translation that overlapped the change drops its own block
+ * (translate() re-checks map_gen), since it may have read the old view. Harts use TLB entries
+ * only inside read-side sections, so no entry outlives the region it points into.
  *
  * Code pages. Before a hart translates from a RAM page, the page is made to trap writes on every
  * hart: its bit in write_trap is set, every hart's write entry for it is cleared, and a grace
@@ -441,11 +442,23 @@ static void on_region_del(struct vck_mem_listener *l, const struct vck_flat_rang
     /*
      * Blocks of RAM that left this address are keyed by its host bytes, which may still be
      * mapped elsewhere; what must go is every chained jump into them from code that reached
-     * them here, so invalidate them (they are retranslated where they are still mapped).
+     * them here. Noted now, invalidated in on_commit(), after the new view is out: a hart still
+     * in a section that began before it may translate from the old view until then.
      */
     if (vck_mr_kind(r->mr) == VCK_MR_RAM) {
         uintptr_t host = (uintptr_t)vck_mr_host(r->mr) + r->offset;
-        vck_tb_invalidate_range(m->tbc, host, host + (r->last - r->start));
+        if (m->n_gone == m->cap_gone) {
+            size_t cap = m->cap_gone ? 2 * m->cap_gone : 8;
+            struct host_range *g = reallocarray(m->gone, cap, sizeof(*g));
+            if (!g) {
+                /* Cannot note it: drop every block instead (correct, just slower). */
+                vck_tb_invalidate_range(m->tbc, 0, UINT64_MAX);
+                return;
+            }
+            m->gone = g;
+            m->cap_gone = cap;
+        }
+        m->gone[m->n_gone++] = (struct host_range){host, host + (r->last - r->start)};
     }
 }
 
@@ -469,6 +482,13 @@ static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *vie
         if (h->tbcpu)
             vck_tb_jc_flush_all(h->tbcpu);
     }
+    /*
+     * After the generation bump: a block translated from the old view and added before this
+     * goes here; one added after it is caught by translate()'s re-check of map_gen.
+     */
+    for (size_t i = 0; i < m->n_gone; i++)
+        vck_tb_invalidate_range(m->tbc, m->gone[i].start, m->gone[i].last);
+    m->n_gone = 0;
 }
 
 /* ---- building the machine ---------------------------------------------------------------- */
@@ -761,6 +781,7 @@ void vck_machine_free(struct vck_machine *vm)
     free(m->segments);
     free(m->harts);
     free(m->mtimecmp);
+    free(m->gone);
     free(m->write_trap);
     free(m->write_protected);
     free(m);
