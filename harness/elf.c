@@ -137,6 +137,14 @@ int vck_machine_load_elf(struct vck_machine *vm, const char *path, char *err, si
         fail(err, err_size, "%s: no loadable segment", path);
         goto out;
     }
+    bool entry_loaded = false;
+    for (size_t i = 0; i < n_segs && !entry_loaded; i++)
+        entry_loaded = eh.e_entry - segs[i].addr < segs[i].memsz;
+    if (!entry_loaded || (eh.e_entry & 1)) {
+        fail(err, err_size, "%s: entry point %#" PRIx64 " is %s", path, (uint64_t)eh.e_entry,
+             entry_loaded ? "not 2-byte aligned" : "in no loadable segment");
+        goto out;
+    }
     find_htif_symbols(m, elf);
     m->segments = segs;
     m->n_segments = n_segs;
