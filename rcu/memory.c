@@ -1506,6 +1506,8 @@ void vck_mr_add_subregion(struct vck_mr *container, uint64_t addr, struct vck_mr
         fatal("vck_mr_add_subregion: '%s' is not a container", container->name);
     if (sub->parent)
         fatal("vck_mr_add_subregion: '%s' is already mapped in '%s'", sub->name, sub->parent->name);
+    if (sub->destroyed)
+        fatal("vck_mr_add_subregion: '%s' was destroyed", sub->name);
     if (reaches(sub, container))
         fatal("vck_mr_add_subregion: mapping '%s' in '%s' would make a cycle", sub->name,
               container->name);
@@ -1785,6 +1787,12 @@ void vck_as_listener_register(struct vck_as *as, struct vck_mem_listener *l)
 {
     struct vck_memmap *mm = as->mm;
     writer_enter(mm);
+    /* Twice would make the list a cycle, and every later commit would loop on it. */
+    for (struct vck_as *s = mm->spaces; s; s = s->next)
+        for (struct vck_mem_listener *x = s->listeners; x; x = x->next_)
+            if (x == l)
+                fatal("vck_as_listener_register: the listener is already registered (on '%s')",
+                      s->name);
     l->as_ = as;
     l->next_ = NULL;
     l->prev_ = as->listeners_tail;
@@ -1808,6 +1816,8 @@ void vck_as_listener_register(struct vck_as *as, struct vck_mem_listener *l)
 void vck_as_listener_unregister(struct vck_mem_listener *l)
 {
     struct vck_as *as = l->as_;
+    if (!as)
+        fatal("vck_as_listener_unregister: the listener is not registered");
     struct vck_memmap *mm = as->mm;
     writer_enter(mm);
     mm->in_callbacks = true;

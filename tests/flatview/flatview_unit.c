@@ -1976,6 +1976,37 @@ Test(flatview_abort, a_release_callback_that_changes_the_map, .signal = SIGABRT)
     reclaim_all();
 }
 
+Test(flatview_abort, registering_a_listener_twice, .signal = SIGABRT)
+{
+    struct vck_memmap *mm = mm_new_opts(0, 0);
+    struct vck_mr *root = vck_mr_new_container(mm, "root", 0x1000);
+    struct vck_as *a = vck_as_new(mm, "a", root), *b = vck_as_new(mm, "b", root);
+    cr_assert(a && b);
+    static struct vck_mem_listener l;
+    vck_as_listener_register(a, &l);
+    vck_as_listener_register(b, &l); /* on another address space: still the same list node */
+}
+
+Test(flatview_abort, unregistering_a_listener_never_registered, .signal = SIGABRT)
+{
+    static struct vck_mem_listener l;
+    vck_as_listener_unregister(&l);
+}
+
+Test(flatview_abort, adding_a_region_destroyed_in_the_open_transaction, .signal = SIGABRT)
+{
+    struct vck_memmap *mm = mm_new_opts(0, 0);
+    struct vck_mr *root = vck_mr_new_container(mm, "root", 0x10000);
+    struct vck_mr *r = vck_mr_new_ram(mm, "r", 0x100);
+    struct vck_as *as = vck_as_new(mm, "as", root);
+    cr_assert(root && r && as);
+    vck_mr_add_subregion(root, 0x1000, r, 0);
+    vck_memmap_begin(mm);
+    vck_mr_del_subregion(root, r);
+    vck_mr_destroy(r); /* its detach commits with the transaction: still in memory until then */
+    vck_mr_add_subregion(root, 0x2000, r, 0);
+}
+
 Test(flatview_abort, destroying_a_child_of_a_container, .signal = SIGABRT)
 {
     struct vck_memmap *mm = mm_new_opts(0, 0);
