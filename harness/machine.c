@@ -415,6 +415,11 @@ static enum vck_mem_result remap_write(void *opaque, uint64_t off, uint64_t v, u
 {
     struct remap *r = opaque;
     (void)size;
+    /*
+     * One transaction (the memmap's writer lock) around the register and the mapping, so two
+     * harts writing at once leave them agreeing: the last writer's value on both.
+     */
+    vck_memmap_begin(r->m->mm);
     if (off == 0) {
         unsigned bank = (unsigned)v % VCK_REMAP_BANKS;
         atomic_store(&r->selected, bank);
@@ -423,6 +428,7 @@ static enum vck_mem_result remap_write(void *opaque, uint64_t off, uint64_t v, u
         atomic_store(&r->enabled, (uint32_t)(v & 1));
         vck_mr_set_enabled(r->window, v & 1);
     }
+    vck_memmap_commit(r->m->mm);
     return VCK_MEM_OK;
 }
 
