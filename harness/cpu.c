@@ -359,7 +359,7 @@ static void decode16(uint32_t in, struct op *o)
                     set_op(o, OP_ADDI, 2, 2, 0, imm);
             } else {
                 int64_t imm = sext((((in >> 12) & 1) << 17) | (((in >> 2) & 0x1f) << 12), 18);
-                if (imm && rd)
+                if (imm) /* rd = x0 is a HINT: it runs, writing nowhere (set_op) */
                     set_op(o, OP_LUI, rd, 0, 0, imm);
             }
             return;

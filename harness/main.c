@@ -85,7 +85,8 @@ int main(int argc, char **argv)
     bool stats = false;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    /* The leading ':' makes a missing value ':' rather than '?', to say which it was. */
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
         case OPT_SMP: {
@@ -118,9 +119,11 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case ':':
+            return bad_usage("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt)
-                return bad_usage("unknown option '-%c'", (char[]){(char)optopt, 0});
+            if (optopt > 0 && optopt < 128)
+                return bad_usage("unknown option '-%s'", (char[]){(char)optopt, 0});
             return bad_usage("unknown option '%s'", argv[optind - 1]);
         }
     }
