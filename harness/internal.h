@@ -147,6 +147,7 @@ struct machine {
         uintptr_t start, last;
     } * gone;
     size_t n_gone, cap_gone;
+    bool gone_all; /* a range could not be noted: the commit invalidates every block */
 
     uint8_t *ram_host;
     uint64_t ram_size;

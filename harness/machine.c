@@ -457,8 +457,8 @@ static void on_region_del(struct vck_mem_listener *l, const struct vck_flat_rang
             size_t cap = m->cap_gone ? 2 * m->cap_gone : 8;
             struct host_range *g = reallocarray(m->gone, cap, sizeof(*g));
             if (!g) {
-                /* Cannot note it: drop every block instead (correct, just slower). */
-                vck_tb_invalidate_range(m->tbc, 0, UINT64_MAX);
+                /* Cannot note it: the commit drops every block instead (correct, slower). */
+                m->gone_all = true;
                 return;
             }
             m->gone = g;
@@ -494,7 +494,10 @@ static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *vie
      */
     for (size_t i = 0; i < m->n_gone; i++)
         vck_tb_invalidate_range(m->tbc, m->gone[i].start, m->gone[i].last);
+    if (m->gone_all)
+        vck_tb_invalidate_range(m->tbc, 0, UINT64_MAX);
     m->n_gone = 0;
+    m->gone_all = false;
 }
 
 /* ---- building the machine ---------------------------------------------------------------- */
