@@ -25,6 +25,7 @@
  * stop) and to sleep in WFI, so grace periods never wait for long on a busy guest.
  */
 #include <inttypes.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -940,15 +941,22 @@ static bool take_trap(struct hart *h, uint64_t cause, uint64_t tval, uint64_t pc
         cause == h->loop_cause) {
         /*
          * The handler's first instruction raises the same exception again, with nothing retired
-         * in between: the hart would go round forever. A thousand rounds leave room for another
-         * hart to be rewriting that code.
+         * in between: the hart goes round forever unless another hart rewrites that code or
+         * remaps it. So a loop is declared only after a full second of host time (checked, with
+         * a yield to the other harts, every 1024 rounds), not after a count a few milliseconds
+         * long.
          */
-        if (++h->loop_count >= 1000) {
-            machine_end(h->m, VCK_EXIT_GUEST_FAULT,
-                        "hart %u: trap loop: %s (cause %" PRIu64 ") at pc %#" PRIx64
-                        ", the trap handler's own address (mtvec %#" PRIx64 ")",
-                        h->id, cause_name(cause), cause, pc, h->mtvec);
-            return false;
+        if (h->loop_count++ == 0)
+            h->loop_since = machine_mtime(h->m);
+        else if ((h->loop_count & 1023) == 0) {
+            sched_yield();
+            if (machine_mtime(h->m) - h->loop_since >= 10000000u) { /* 1 s at 10 MHz */
+                machine_end(h->m, VCK_EXIT_GUEST_FAULT,
+                            "hart %u: trap loop: %s (cause %" PRIu64 ") at pc %#" PRIx64
+                            ", the trap handler's own address (mtvec %#" PRIx64 ")",
+                            h->id, cause_name(cause), cause, pc, h->mtvec);
+                return false;
+            }
         }
     } else {
         h->loop_count = 0;

@@ -94,7 +94,7 @@ struct hart {
     uint64_t resv_addr, resv_value;
     bool resv_valid;
     /* Trap-loop detection: the last exception taken at its handler's own address. */
-    uint64_t loop_cause, loop_minstret;
+    uint64_t loop_cause, loop_minstret, loop_since; /* loop_since: mtime of its first round */
     unsigned loop_count;
 
     /* Written by other threads: a line of their own, apart from the registers and stats. */
@@ -129,6 +129,8 @@ struct remap {
     struct machine *m;
     struct vck_mr *window;
     struct vck_mr *banks[VCK_REMAP_BANKS];
+    /* Registers change only once their mapping is published; reads take it too. */
+    pthread_mutex_t lock;
     _Atomic uint32_t selected, enabled;
 };
 

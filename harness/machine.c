@@ -266,6 +266,12 @@ static enum vck_mem_result clint_write(void *opaque, uint64_t off, uint64_t v, u
     }
     if (off >= 0x4000 && off < 0x4000 + 8ull * m->n_harts) {
         unsigned h = (unsigned)((off - 0x4000) / 8);
+        /*
+         * Under the timer thread's lock: otherwise it could load the old, expired value, and set
+         * MTIP after this cleared it for the new one. The read-modify-write of a half is under
+         * it too, so two harts writing the two halves lose neither.
+         */
+        pthread_mutex_lock(&m->timer_lock);
         uint64_t old = atomic_load(&m->mtimecmp[h]), nv;
         if (size == 8)
             nv = v;
@@ -273,11 +279,6 @@ static enum vck_mem_result clint_write(void *opaque, uint64_t off, uint64_t v, u
             nv = (old & 0xffffffffull) | (v << 32);
         else
             nv = (old & ~0xffffffffull) | (uint32_t)v;
-        /*
-         * Under the timer thread's lock: otherwise it could load the old, expired value, and set
-         * MTIP after this cleared it for the new one.
-         */
-        pthread_mutex_lock(&m->timer_lock);
         atomic_store(&m->mtimecmp[h], nv);
         if (nv > machine_mtime(m))
             set_mip(&m->harts[h], MIP_MTIP, false);
@@ -404,10 +405,12 @@ static enum vck_mem_result remap_read(void *opaque, uint64_t off, uint64_t *v, u
 {
     struct remap *r = opaque;
     (void)size;
+    pthread_mutex_lock(&r->lock);
     *v = off == 0   ? atomic_load(&r->selected)
          : off == 4 ? atomic_load(&r->enabled)
          : off == 8 ? REMAP_ID
                     : 0;
+    pthread_mutex_unlock(&r->lock);
     return VCK_MEM_OK;
 }
 
@@ -416,19 +419,21 @@ static enum vck_mem_result remap_write(void *opaque, uint64_t off, uint64_t v, u
     struct remap *r = opaque;
     (void)size;
     /*
-     * One transaction (the memmap's writer lock) around the register and the mapping, so two
-     * harts writing at once leave them agreeing: the last writer's value on both.
+     * Under the device lock, and the register stored only after the commit has published the
+     * mapping: a hart that reads the new BANK then also sees the new bank, and two harts
+     * writing at once leave register and mapping agreeing. Waiting for the lock inside a
+     * read-side section is safe: the commit does not wait for grace periods there.
      */
-    vck_memmap_begin(r->m->mm);
+    pthread_mutex_lock(&r->lock);
     if (off == 0) {
         unsigned bank = (unsigned)v % VCK_REMAP_BANKS;
-        atomic_store(&r->selected, bank);
         vck_mr_set_alias_target(r->window, r->banks[bank], 0);
+        atomic_store(&r->selected, bank);
     } else if (off == 4) {
-        atomic_store(&r->enabled, (uint32_t)(v & 1));
         vck_mr_set_enabled(r->window, v & 1);
+        atomic_store(&r->enabled, (uint32_t)(v & 1));
     }
-    vck_memmap_commit(r->m->mm);
+    pthread_mutex_unlock(&r->lock);
     return VCK_MEM_OK;
 }
 
@@ -526,6 +531,7 @@ static bool build_remap(struct machine *m)
 {
     struct remap *r = &m->remap;
     r->m = m;
+    pthread_mutex_init(&r->lock, NULL);
     for (unsigned i = 0; i < VCK_REMAP_BANKS; i++) {
         char name[32];
         snprintf(name, sizeof(name), "remap-bank%u", i);
