@@ -1037,7 +1037,7 @@ static enum code_page code_page(struct hart *h, uint64_t page, uint8_t **host, u
 static enum translate_result translate(struct hart *h, struct block **out, uint64_t *protect)
 {
     struct machine *m = h->m;
-    /* seq_cst: pairs with on_commit()'s bump (see the re-check after the add). */
+    /* seq_cst: pairs with on_commit()'s bump (see block_map_current()). */
     uint64_t map_gen = atomic_load_explicit(&m->map_gen, memory_order_seq_cst);
     uint64_t pc = h->pc, page0 = pc & PAGE_MASK, page1 = VCK_TB_NO_PAGE2;
     uint8_t *host0, *host1 = NULL;
@@ -1130,6 +1130,7 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
     b->tb.page_gen[1] = gen1;
     b->tb.code = b->ops;
     b->tb.code_size = n_ops * sizeof(struct op);
+    b->map_gen = map_gen; /* the add refuses the block if the map changed since (validate) */
     struct vck_tb *got = vck_tb_add(m->tbc, h->tbcpu, &b->tb);
     if (got != &b->tb)
         h->arena_used = mark; /* ours was never published */
@@ -1142,16 +1143,7 @@ static enum translate_result translate(struct hart *h, struct block **out, uint6
         h->st.retranslations++;
         return TR_RETRY;
     }
-    if (atomic_load_explicit(&m->map_gen, memory_order_seq_cst) != map_gen) {
-        /*
-         * The map changed while we translated, maybe from the old view (this section may have
-         * begun before the new one was published), and on_commit()'s invalidation of the
-         * ranges that went may have run before our add: drop the block and look up again.
-         */
-        vck_tb_invalidate(got);
-        h->st.retranslations++;
-        return TR_RETRY;
-    }
+
     h->st.blocks_translated += got == &b->tb;
     *out = (struct block *)got;
     return TR_OK;

@@ -63,6 +63,7 @@ struct op {
 
 struct block {
     struct vck_tb tb;
+    uint64_t map_gen; /* machine.map_gen before translating: checked by the add (validate) */
     uint32_t n_ops;
     uint32_t n_insns;
     struct op ops[];

@@ -6,9 +6,9 @@
  * accessing hart's thread, inside its read-side section; the remap device changes the memory
  * map from inside one (the memmap never waits for a grace period there). A listener's commit
  * bumps map_gen, clears every hart's TLB and jump cache at once, and then invalidates the blocks
- * of RAM that went away; a translation that overlapped the change drops its own block
- * (translate() re-checks map_gen), since it may have read the old view. Harts use TLB entries
- * only inside read-side sections, so no entry outlives the region it points into.
+ * of RAM that went away; a block translated across the change is refused by vck_tb_add
+ * (block_map_current()), since it may have read the old view. Harts use TLB
+ * entries only inside read-side sections, so no entry outlives the region it points into.
  *
  * Code pages. Before a hart translates from a RAM page, the page is made to trap writes on every
  * hart: its bit in write_trap is set, every hart's write entry for it is cleared, and a grace
@@ -495,7 +495,7 @@ static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *vie
     }
     /*
      * After the generation bump: a block translated from the old view and added before this
-     * goes here; one added after it is caught by translate()'s re-check of map_gen.
+     * goes here; one added after it is refused by the add itself (block_map_current()).
      */
     for (size_t i = 0; i < m->n_gone; i++)
         vck_tb_invalidate_range(m->tbc, m->gone[i].start, m->gone[i].last);
@@ -503,6 +503,20 @@ static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *vie
         vck_tb_invalidate_range(m->tbc, 0, UINT64_MAX);
     m->n_gone = 0;
     m->gone_all = false;
+}
+
+/*
+ * vck_tb_add's last check, under the block's page locks: the memory map has not changed since
+ * the block was translated (it may have been read through the old view). seq_cst, against
+ * on_commit()'s bump, which comes before its invalidation of the ranges that went: either the
+ * add sees the bump and refuses, or it inserts first and the invalidation, which takes the
+ * same page locks, finds the block.
+ */
+static bool block_map_current(void *opaque, const struct vck_tb *tb)
+{
+    const struct machine *m = opaque;
+    return atomic_load_explicit(&m->map_gen, memory_order_seq_cst) ==
+           ((const struct block *)tb)->map_gen;
 }
 
 /* ---- building the machine ---------------------------------------------------------------- */
@@ -575,8 +589,11 @@ struct vck_machine *vck_machine_new(const struct vck_machine_options *opts)
     m->uart.peeked = -1;
     m->uart.in_fd = (opts->uart_stdin || !isatty(STDIN_FILENO)) ? STDIN_FILENO : -1;
 
-    m->tbc = vck_tb_cache_new(
-        &(struct vck_tb_cache_options){.page_bits = PAGE_BITS, .jc_bits = JC_BITS, .pc_shift = 1});
+    m->tbc = vck_tb_cache_new(&(struct vck_tb_cache_options){.page_bits = PAGE_BITS,
+                                                             .jc_bits = JC_BITS,
+                                                             .pc_shift = 1,
+                                                             .validate = block_map_current,
+                                                             .opaque = m});
     m->mm = vck_memmap_new(NULL);
     m->write_trap = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_trap));
     m->write_protected = calloc((m->ram_size / PAGE_SIZE + 63) / 64, sizeof(*m->write_protected));

@@ -1162,6 +1162,8 @@ struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct
                  (tb->phys_page2 != VCK_TB_NO_PAGE2 &&
                   atomic_load_explicit(&pd1->gen, memory_order_seq_cst) != gen1);
 #endif
+    if (!stale && c->opts.validate && !c->opts.validate(c->opts.opaque, tb))
+        stale = true;
     if (stale) {
         atomic_store_explicit(&pd0->extent, old0, memory_order_relaxed);
         if (spans)

@@ -1053,6 +1053,46 @@ Test(tbcache, lookup_fixed_agrees_with_lookup)
     }
 }
 
+/* The validate hook: called under the block's page locks; false refuses the add as stale. */
+static bool refuse_adds;
+static unsigned validations;
+
+static bool validate_hook(void *opaque, const struct vck_tb *tb)
+{
+    cr_assert_eq(opaque, &w);
+    cr_assert_not_null(tb);
+    validations++;
+    return !refuse_adds;
+}
+
+static void setup_validate(void)
+{
+    struct vck_tb_cache_options o = {.validate = validate_hook};
+    refuse_adds = false;
+    validations = 0;
+    setup_opts(&o);
+}
+
+Test(tbcache_validate, a_refused_block_is_stale_and_leaves_no_trace, .init = setup_validate,
+     .fini = teardown)
+{
+    struct vck_tb *a = added(0x1000, 16);
+    cr_expect_eq(validations, 1);
+    refuse_adds = true;
+    struct blk *b = blk_new(0x2000, 16, 0, 0); /* a page with no code yet */
+    cr_expect_null(add(b, w.cpu), "a block the hook refused was added");
+    cr_expect_eq(validations, 2);
+    cr_expect_eq(stats().stale_adds, 1);
+    cr_expect(!vck_tb_page_has_code(w.c, phys(0x2000)), "the refused block left its page marked");
+    cr_expect_null(look(0x2000));
+    /* Its page's extent was rolled back: an invalidation of it meets no code. */
+    cr_expect_eq(vck_tb_invalidate_range(w.c, phys(0x2000), phys(0x2fff)), 0);
+    refuse_adds = false;
+    cr_expect_eq(look(0x1000), a);
+    struct blk *c = blk_new(0x2000, 16, 0, 0);
+    cr_expect_eq(add(c, w.cpu), &c->tb, "accepted once the hook agrees");
+}
+
 /*
  * An invalidation whose range crosses into a radix leaf that does not exist yet, while a
  * translator creates that leaf and adds a block there: the invalidation must leave the new page

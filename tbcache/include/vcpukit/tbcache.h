@@ -154,6 +154,15 @@ struct vck_tb_cache_options {
      * emulators that patch host code. Called under @to's (or the former target's) jump lock.
      */
     void (*jump_set)(void *opaque, struct vck_tb *from, int n, struct vck_tb *to);
+    /*
+     * Optional: the last word on a block vck_tb_add() is about to insert, called with its pages
+     * locked, after the page generations were checked; false refuses the block as stale (the
+     * add returns NULL). For state the cache does not know, e.g. the emulator's memory map
+     * changing while the block was translated: an invalidation that follows the change takes
+     * the same page locks, so a block either sees the change here or is seen by it. Must not
+     * lock pages.
+     */
+    bool (*validate)(void *opaque, const struct vck_tb *tb);
     void *opaque;
 };
 
@@ -269,7 +278,8 @@ static inline struct vck_tb *vck_tb_lookup_fixed(struct vck_tb_cpu *cpu, uint64_
  *  - another block: an equal one was inserted first (two vCPUs translated the same code at
  *    once). @tb was never visible to anyone: the caller frees it now and uses the one returned.
  *  - NULL: one of the block's pages was invalidated after its page_gen was read (the code may
- *    have changed under the translator): the caller frees @tb and translates again.
+ *    have changed under the translator), or the validate hook refused it: the caller frees @tb
+ *    and translates again.
  * Any registered thread, inside or outside a read-side section.
  */
 struct vck_tb *vck_tb_add(struct vck_tb_cache *c, struct vck_tb_cpu *cpu, struct vck_tb *tb);
