@@ -1547,6 +1547,20 @@ void hart_reset(struct hart *h, uint64_t entry)
     tlb_flush(h);
 }
 
+/* The hart this thread runs, for devices that act on their caller (NULL off hart threads). */
+static _Thread_local struct hart *current_hart;
+
+/*
+ * Called by a memory-map commit: if it runs on a hart (an MMIO write that remapped), that hart
+ * ends its batch after the current block, so its read-side section, which every grace period
+ * waits for, does not stay open across a run of remapping writes.
+ */
+void hart_end_batch_soon(void)
+{
+    if (current_hart)
+        atomic_fetch_or_explicit(&current_hart->events, EV_YIELD, memory_order_relaxed);
+}
+
 void hart_kick(struct hart *h, unsigned events)
 {
     atomic_fetch_or_explicit(&h->events, events, memory_order_release);
@@ -1668,6 +1682,7 @@ void *hart_main(void *arg)
 {
     struct hart *h = arg;
     struct machine *m = h->m;
+    current_hart = h;
     vck_rcu_register_thread();
     for (;;) {
         unsigned ev = atomic_exchange_explicit(&h->events, 0, memory_order_acquire);

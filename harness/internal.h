@@ -47,8 +47,9 @@ enum {
 
 /* Events another thread asks a hart to handle at its next block boundary. */
 enum {
-    EV_STOP = 1u << 0, /* the machine is ending */
-    EV_IRQ = 1u << 2,  /* mip changed */
+    EV_STOP = 1u << 0,  /* the machine is ending */
+    EV_IRQ = 1u << 2,   /* mip changed */
+    EV_YIELD = 1u << 3, /* this hart changed the memory map: end the batch (and its section) */
 };
 
 /* A pre-decoded instruction. Writes to x0 go to x[32], so no op tests rd. */
@@ -198,6 +199,7 @@ struct machine {
 void hart_reset(struct hart *h, uint64_t entry);
 void *hart_main(void *arg);
 void hart_kick(struct hart *h, unsigned events);
+void hart_end_batch_soon(void);
 
 /* machine.c */
 uint64_t machine_mtime(struct machine *m);

@@ -497,6 +497,7 @@ static void on_commit(struct vck_mem_listener *l, const struct vck_flatview *vie
      * After the generation bump: a block translated from the old view and added before this
      * goes here; one added after it is refused by the add itself (block_map_current()).
      */
+    hart_end_batch_soon();
     for (size_t i = 0; i < m->n_gone; i++)
         vck_tb_invalidate_range(m->tbc, m->gone[i].start, m->gone[i].last);
     if (m->gone_all)
