@@ -87,13 +87,23 @@ void machine_request_reset(struct machine *m)
 
 /* ---- code pages -------------------------------------------------------------------------- */
 
-bool machine_store_trapped(struct machine *m, uint64_t addr)
+/*
+ * Bit @addr's page has in a per-page bitmap of main RAM, loaded with @order; true outside main
+ * RAM, where every store takes the slow path from the start.
+ */
+static bool ram_page_bit(const struct machine *m, _Atomic uint64_t *bitmap, uint64_t addr,
+                         memory_order order)
 {
     if (addr < VCK_VIRT_RAM_BASE || addr - VCK_VIRT_RAM_BASE >= m->ram_size)
-        return true; /* outside main RAM every store takes the slow path */
+        return true;
     uint64_t page = (addr - VCK_VIRT_RAM_BASE) >> PAGE_BITS;
+    return atomic_load_explicit(&bitmap[page / 64], order) >> (page % 64) & 1;
+}
+
+bool machine_store_trapped(struct machine *m, uint64_t addr)
+{
     /* seq_cst: pairs with machine_protect_page() and tlb_fill()'s re-check. */
-    return atomic_load_explicit(&m->write_trap[page / 64], memory_order_seq_cst) >> (page % 64) & 1;
+    return ram_page_bit(m, m->write_trap, addr, memory_order_seq_cst);
 }
 
 static void trap_writes(struct machine *m, uint64_t page_addr)
@@ -111,13 +121,8 @@ static void trap_writes(struct machine *m, uint64_t page_addr)
 
 bool machine_page_protected(struct machine *m, uint64_t addr)
 {
-    if (addr < VCK_VIRT_RAM_BASE || addr - VCK_VIRT_RAM_BASE >= m->ram_size)
-        return true; /* outside main RAM every store takes the slow path, from the start */
-    uint64_t page = (addr - VCK_VIRT_RAM_BASE) >> PAGE_BITS;
-    /* Acquire: pairs with the release below, after the grace period. */
-    return atomic_load_explicit(&m->write_protected[page / 64], memory_order_acquire) >>
-               (page % 64) &
-           1;
+    /* Acquire: pairs with the release in machine_protect_page(), after the grace period. */
+    return ram_page_bit(m, m->write_protected, addr, memory_order_acquire);
 }
 
 void machine_protect_page(struct machine *m, uint64_t page_addr)

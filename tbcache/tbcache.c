@@ -643,9 +643,9 @@ static void jc_fill(struct vck_tb_cpu *cpu, struct vck_tb *tb)
 #ifdef VCK_TB_BROKEN_JC_FILL
     /* The stress test's broken twin: no re-check, and a window an invalidation can fall into. */
     sched_yield();
+#endif
     atomic_store_explicit(&cpu->jc[slot], tb, memory_order_seq_cst);
-#else
-    atomic_store_explicit(&cpu->jc[slot], tb, memory_order_seq_cst);
+#ifndef VCK_TB_BROKEN_JC_FILL
     if (atomic_load_explicit(&tb->cflags, memory_order_seq_cst) & VCK_TB_CF_INVALID)
         jc_clear_slot(cpu, slot, tb);
 #endif
@@ -854,7 +854,7 @@ struct vck_tb *vck_tb_find_by_host(struct vck_tb_cache *c, const void *host_addr
         return NULL;
     /* Only the two fields the order reads. */
     struct vck_tb probe = {.code = (void *)addr, .code_size = 1};
-    for (unsigned spins = 0;; spins++) {
+    for (unsigned spins = 0;;) {
         pthread_mutex_lock(&r->lock);
         void *node = tfind(&probe, &r->blocks, code_range_cmp);
         struct vck_tb *found = node ? *(struct vck_tb **)node : NULL;
